@@ -1,0 +1,63 @@
+# dtr — the commands a newcomer and CI run. `make test` is the test command
+# (.ci/run calls exactly it); it creates .venv and installs what it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: help install proto lint typecheck unit integration test bench etcd clean
+
+help:
+	@echo "make test         install into $(VENV), lint, typecheck, unit + integration tests"
+	@echo "make unit         tests/unit only (no processes)"
+	@echo "make integration  tests/integration (real etcd processes on loopback)"
+	@echo "make bench        benchmarks -> benchmarks/results/"
+	@echo "make proto        regenerate dtr/proto from coordinator.proto"
+	@echo "make etcd         run a development etcd (dtr etcd)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+proto: $(STAMP)
+	$(PY) -m dtr.proto.generate
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy maps folders to module names, so it checks a tree of links laid out
+# the way the package installs (dtr/worker -> worker/ ...).
+typecheck: $(STAMP)
+	rm -rf build/typecheck && mkdir -p build/typecheck/dtr
+	for f in dtr/*; do ln -s "$$PWD/$$f" build/typecheck/dtr/; done
+	for p in coordinator worker chaos; do ln -s "$$PWD/$$p" build/typecheck/dtr/$$p; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p dtr \
+	  | sed -e 's#^dtr/coordinator/#coordinator/#' -e 's#^dtr/worker/#worker/#' -e 's#^dtr/chaos/#chaos/#'
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration -q
+
+test: lint typecheck
+	$(PY) -m pytest tests -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/ring.py
+
+etcd: $(STAMP)
+	$(VENV)/bin/dtr etcd
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

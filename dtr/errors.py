@@ -1,0 +1,91 @@
+"""Every error dtr raises on purpose, under one root.
+
+Errors are translated at the edges: etcd and gRPC exceptions never escape the
+modules that wrap them (``dtr.store``, the servicer, the worker client). Callers
+catch these types, never ``grpc.RpcError`` or ``etcd3`` exceptions. Each error's
+message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class DtrError(Exception):
+    """Root of every error dtr raises on purpose."""
+
+
+class InvalidArgument(DtrError, ValueError):
+    """A caller passed a value that can never work; the message names the field."""
+
+
+class NotFound(DtrError):
+    """The named object (worker, dataset, barrier, checkpoint) does not exist."""
+
+
+class AlreadyExists(DtrError):
+    """An object exists with different, conflicting attributes."""
+
+
+class NotLeader(DtrError):
+    """A mutating call reached a replica that is not the leader."""
+
+    def __init__(self, message: str, leader_address: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_address = leader_address
+
+
+class CoordinatorUnavailable(DtrError):
+    """No coordinator answered within the operation's deadline."""
+
+
+class MembershipChanged(DtrError):
+    """The membership generation changed under an operation that depends on it."""
+
+
+class BarrierTimeout(DtrError):
+    """A barrier was not released before the caller's timeout."""
+
+
+class CheckpointError(DtrError):
+    """A checkpoint could not be written, verified, committed or loaded."""
+
+
+class NoCheckpoint(CheckpointError):
+    """There is no complete checkpoint to load."""
+
+
+# --- etcd access (dtr.store) -------------------------------------------------
+
+
+class StoreError(DtrError):
+    """etcd refused or failed an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd could not be reached or did not answer in time.
+
+    For a write the outcome is unknown: it may have been applied. Callers that
+    must know re-read the state (or rely on the write being idempotent).
+    """
+
+
+class LeaseExpired(StoreError):
+    """The lease no longer exists in etcd: whatever was bound to it is gone."""
+
+
+class WatchCompacted(StoreError):
+    """A watch asked for history etcd has compacted away; re-read and re-watch."""
+
+
+# --- etcd processes (dtr.etcd) -----------------------------------------------
+
+
+class EtcdError(DtrError):
+    """Starting, checking or stopping a local etcd process failed."""
+
+
+class EtcdBinaryNotFound(EtcdError):
+    """No usable etcd binary was found on this machine."""
+
+
+class UnsafeEtcdVersion(EtcdError):
+    """This etcd version is known to be unsafe for the requested use."""
