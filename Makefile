@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev
+EXTRAS ?= dev,etcd,docker
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: help install proto lint typecheck unit integration test bench etcd clean
