@@ -33,6 +33,14 @@ class NotLeader(DtrError):
         self.leader_address = leader_address
 
 
+class WrongJob(DtrError):
+    """A request named a job other than the one this replica serves.
+
+    Refused loudly, without a leader hint, so a worker pointed at the wrong
+    cluster fails at once instead of joining (and training in) another job.
+    """
+
+
 class CoordinatorUnavailable(DtrError):
     """No coordinator answered within the operation's deadline."""
 

@@ -209,6 +209,10 @@ class EtcdCluster:
         """Whether member ``index`` runs and answers ``/health`` with true now."""
         return self.member(index).is_healthy()
 
+    def is_member_leader(self, index: int) -> bool:
+        """Whether member ``index`` is etcd's raft leader now (for leader-change tests)."""
+        return self.member(index).is_raft_leader()
+
     def is_healthy(self) -> bool:
         """Whether every member is healthy now."""
         return all(m.is_healthy() for m in self._members)

@@ -179,21 +179,33 @@ class EtcdMember:
             return False
         return probe_health(self.client_url, timeout_s)
 
+    def _metrics(self, timeout_s: float) -> list[str] | None:
+        """The lines of ``GET /metrics``; None if the member does not answer."""
+        if not self.is_running():
+            return None
+        try:
+            with urllib.request.urlopen(f"{self.client_url}/metrics", timeout=timeout_s) as reply:
+                text: str = reply.read().decode("utf-8", "replace")
+                return text.splitlines()
+        except OSError:
+            return None
+
     def active_peers(self, timeout_s: float = 0.5) -> int | None:
         """How many peers this member currently considers connected; None if unknown.
 
         Read from ``etcd_network_active_peers`` on ``/metrics``: the same
         status etcd consults when it picks a peer to hand leadership to.
         """
-        if not self.is_running():
+        lines = self._metrics(timeout_s)
+        if lines is None:
             return None
-        try:
-            with urllib.request.urlopen(f"{self.client_url}/metrics", timeout=timeout_s) as reply:
-                text = reply.read().decode("utf-8", "replace")
-        except OSError:
-            return None
-        gauges = [line for line in text.splitlines() if line.startswith(_ACTIVE_PEERS)]
+        gauges = [line for line in lines if line.startswith(_ACTIVE_PEERS)]
         return sum(int(float(line.rsplit(" ", 1)[1])) for line in gauges)
+
+    def is_raft_leader(self, timeout_s: float = 0.5) -> bool:
+        """Whether this member is the raft leader now (``etcd_server_is_leader`` on /metrics)."""
+        lines = self._metrics(timeout_s) or []
+        return any(line.strip() == "etcd_server_is_leader 1" for line in lines)
 
     def startup_error(self, what: str) -> EtcdError:
         """An error for a member that did not come up, carrying its log tail.

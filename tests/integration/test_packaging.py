@@ -71,6 +71,16 @@ def test_wheel_maps_the_four_folders_under_dtr(wheel_names: list[str]) -> None:
         assert module in wheel_names, module
 
 
+def test_wheel_holds_every_source_package(wheel_names: list[str]) -> None:
+    installed_as = {"coordinator": "dtr/coordinator", "worker": "dtr/worker", "chaos": "dtr/chaos"}
+    for folder in ("dtr", "coordinator", "worker", "chaos"):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.relative_to(ROOT).as_posix()
+            head, _, rest = relative.partition("/")
+            expected = f"{installed_as.get(head, head)}/{rest}"
+            assert expected in wheel_names, f"{relative} is not in the wheel as {expected}"
+
+
 def test_wheel_declares_the_dtr_console_script(wheel: Path, wheel_names: list[str]) -> None:
     (entry_points,) = [n for n in wheel_names if n.endswith(".dist-info/entry_points.txt")]
     with zipfile.ZipFile(wheel) as archive:

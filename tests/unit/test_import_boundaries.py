@@ -26,8 +26,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "worker": ("dtr.coordinator", "dtr.chaos", *ETCD_ACCESS, *BARE_FOLDERS),
     "chaos": BARE_FOLDERS,
 }
-# The composition root may reach everything, but only from inside functions.
-COMPOSITION_ROOTS = {ROOT / "dtr" / "cli.py"}
+# The composition root (every module of the dtr/cli/ package) may reach
+# everything, but only from inside functions.
+COMPOSITION_ROOT = ROOT / "dtr" / "cli"
+
+
+def is_composition_root(path: Path) -> bool:
+    """Whether ``path`` is a module of the CLI package, whose top level alone is checked."""
+    return COMPOSITION_ROOT in path.parents
 
 
 def _package_of(path: Path) -> str:
@@ -63,7 +69,7 @@ def _violations(folder: str) -> list[str]:
     for path in sorted((ROOT / folder).rglob("*.py")):
         if "proto" in path.parts and path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
             continue
-        top_only = path in COMPOSITION_ROOTS
+        top_only = is_composition_root(path)
         for line, module in imports_of(path, top_level_only=top_only):
             for banned in FORBIDDEN[folder]:
                 if module == banned or module.startswith(banned + "."):
@@ -88,9 +94,35 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     assert any("imports dtr.coordinator" in v for v in found)
 
 
+def test_every_cli_module_is_a_composition_root() -> None:
+    modules = sorted(COMPOSITION_ROOT.rglob("*.py"))
+    assert ROOT / "dtr" / "cli" / "__init__.py" in modules
+    assert all(is_composition_root(path) for path in modules)
+    assert not is_composition_root(ROOT / "dtr" / "store.py")
+
+
+def test_the_cli_may_import_anything_inside_functions_but_not_at_its_top() -> None:
+    probe = COMPOSITION_ROOT / "_boundary_probe.py"
+    probe.write_text(
+        "import dtr.coordinator.config\n"
+        "def run() -> None:\n"
+        "    from dtr.chaos import cluster\n"
+        "    import dtr.worker\n"
+    )
+    try:
+        found = _violations("dtr")
+    finally:
+        probe.unlink()
+    from_probe = [v for v in found if v.startswith(str(probe.relative_to(ROOT)))]
+    assert from_probe == [f"{probe.relative_to(ROOT)}:1 imports dtr.coordinator.config"]
+
+
 def test_importing_dtr_and_its_cli_stays_light() -> None:
     code = (
-        "import sys, dtr, dtr.errors, dtr.cli\n"
+        "import sys, pkgutil, importlib, dtr, dtr.errors, dtr.cli\n"
+        "for info in pkgutil.iter_modules(dtr.cli.__path__, 'dtr.cli.'):\n"
+        "    if info.name != 'dtr.cli.__main__':\n"
+        "        importlib.import_module(info.name)\n"
         "heavy = [m for m in ('grpc', 'torch', 'numpy', 'etcd3', 'boto3') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -1,0 +1,196 @@
+"""Named barriers: long-poll arrivals, persisted and released by fenced writes.
+
+A barrier name is used once (``step-100``, ``epoch-3-end``). Its first
+arrival opens it for the current membership generation G; it is released,
+exactly once, when every live member of G has arrived. If the generation
+moves while it is open (a member died, left or joined) it has failed: every
+waiter gets ``MembershipChanged``, and the next arrival under the new
+generation reopens it, counting only arrivals made for that generation.
+Failing needs no write — "open for an old generation" *is* failed — so a
+failure can never be lost.
+
+Arrivals and the release are in etcd (DESIGN §5 invariant 2), so a barrier
+survives a leader crash: the new leader re-reads it, and a worker retrying
+its arrival writes the same key again, so it is never counted twice.
+Arrivals that come together share a transaction, split below etcd's default
+limit of 128 operations per transaction.
+
+This module holds the pure part (state, plans) and the per-term cache; the
+``Coordinator`` runs the writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dtr.errors import MembershipChanged, NotFound
+from dtr.keys import JobKeys
+from dtr.store import Compare, Get, Op, Put
+
+from .membership import WritePlan
+from .state import ClusterView
+
+_log = logging.getLogger(__name__)
+MAX_ARRIVALS_PER_TXN = 100
+MAX_MISSING_LISTED = 100
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a waiter learns: released, failed (membership changed) or still waiting."""
+
+    status: str  # "released", "membership_changed" or "waiting"
+    generation: int
+    arrived: int
+    expected: int
+    missing: tuple[str, ...] = ()
+
+
+@dataclass
+class BarrierState:
+    """One barrier: what etcd holds (``stored``) and this term's waiters."""
+
+    name: str
+    generation: int
+    released: bool = False
+    arrived: set[str] = field(default_factory=set)
+    stored: bytes | None = None  # the state key's value in etcd; None if absent
+    done: asyncio.Future[Outcome] | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps({"generation": self.generation, "released": self.released}).encode()
+
+    def outcome(self, view: ClusterView) -> Outcome:
+        current = view.generation == self.generation
+        expected = set(view.live_members()) if current else set()
+        status = "released" if self.released else ("waiting" if current else "membership_changed")
+        missing = tuple(sorted(expected - self.arrived)[:MAX_MISSING_LISTED])
+        return Outcome(status, self.generation, len(self.arrived), len(expected), missing)
+
+
+def decode_state(
+    name: str, value: bytes | None, arrivals: Iterable[tuple[str, bytes]]
+) -> BarrierState | None:
+    """A barrier from its state key and arrival keys (arrivals of other generations ignored)."""
+    if value is None:
+        return None
+    data = json.loads(value)
+    generation = int(data["generation"])
+    arrived = {w for w, v in arrivals if int(json.loads(v)["generation"]) == generation}
+    return BarrierState(name, generation, bool(data["released"]), arrived, stored=value)
+
+
+def reopened(state: BarrierState | None, name: str, view: ClusterView) -> BarrierState:
+    """The barrier to arrive at now: ``state`` if usable, else opened for this generation."""
+    if state is not None and (state.released or state.generation == view.generation):
+        return state
+    return BarrierState(name, view.generation, stored=state.stored if state else None)
+
+
+def plan_arrivals(
+    keys: JobKeys, view: ClusterView, state: BarrierState, workers: Iterable[str]
+) -> tuple[WritePlan, BarrierState]:
+    """Record arrivals (opening the barrier if needed) and release it if now complete."""
+    new = BarrierState(state.name, state.generation, state.released, set(state.arrived))
+    state_key = keys.barrier_state(state.name)
+    guard = (
+        Compare.value_is(state_key, state.stored)
+        if state.stored is not None
+        else Compare.absent(state_key)
+    )
+    ops: list[Op] = []
+    for worker_id in sorted(set(workers) - new.arrived):
+        ops.append(Put(keys.barrier_arrival(state.name, worker_id), encode_arrival(new.generation)))
+        new.arrived.add(worker_id)
+    new.released = set(view.live_members()) <= new.arrived
+    if new.encode() != state.stored:
+        ops.append(Put(state_key, new.encode()))
+    new.stored = new.encode()
+    return WritePlan((guard,), tuple(ops), view), new
+
+
+def encode_arrival(generation: int) -> bytes:
+    return json.dumps({"generation": generation}).encode()
+
+
+def check_arrival(view: ClusterView, worker_id: str, believed_generation: int) -> None:
+    """Only live members arrive, and only for the generation the job is at."""
+    if worker_id not in view.live_members():
+        raise NotFound(
+            f"worker_id: {worker_id!r} is not a live member of generation "
+            f"{view.generation}; register it first"
+        )
+    if believed_generation and believed_generation != view.generation:
+        raise MembershipChanged(
+            f"generation: the worker believes generation {believed_generation}, "
+            f"the job is at {view.generation}; refresh shards and retry the barrier"
+        )
+
+
+class Barriers:
+    """The barriers of one leader term: a cache of etcd, waiters and pending arrivals."""
+
+    def __init__(self, keys: JobKeys) -> None:
+        self.keys = keys
+        self.states: dict[str, BarrierState] = {}
+        self.pending: dict[str, set[str]] = {}
+
+    def reset(self, error: Exception | None) -> None:
+        """Forget the cache (new term, stale view); fail this term's waiters with ``error``."""
+        for state in self.states.values():
+            if error is not None and state.done is not None and not state.done.done():
+                state.done.set_exception(error)
+        self.states.clear()
+        self.pending.clear()
+
+    def reads(self, name: str) -> list[Get]:
+        """The reads that load one barrier, to run in one transaction."""
+        return [
+            Get(self.keys.barrier_state(name)),
+            Get(self.keys.barrier_arrivals_prefix(name), prefix=True),
+        ]
+
+    def decode(self, name: str, results: tuple[object, ...]) -> BarrierState | None:
+        state_kvs, arrival_kvs = results
+        if not isinstance(state_kvs, tuple) or not isinstance(arrival_kvs, tuple):
+            raise TypeError("barrier reads must be two Gets")
+        prefix = self.keys.barrier_arrivals_prefix(name)
+        arrivals = [(self.keys.last_segment(kv.key, prefix), kv.value) for kv in arrival_kvs]
+        return decode_state(name, state_kvs[0].value if state_kvs else None, arrivals)
+
+    def waiter(self, state: BarrierState) -> asyncio.Future[Outcome]:
+        if state.done is None or state.done.done():
+            state.done = asyncio.get_running_loop().create_future()
+        return state.done
+
+    def on_generation(self, view: ClusterView) -> None:
+        """Membership moved: wake the waiters of every barrier that just failed."""
+        for state in self.states.values():
+            if state.released or state.generation == view.generation:
+                continue
+            if state.done is not None and not state.done.done():
+                state.done.set_result(state.outcome(view))
+                _log.info(
+                    "barrier %s failed: generation %d -> %d",
+                    state.name,
+                    state.generation,
+                    view.generation,
+                )
+
+    def on_written(self, new: BarrierState, view: ClusterView) -> None:
+        """A plan for ``new`` applied: cache it and wake the waiters if it released."""
+        old = self.states.get(new.name)
+        new.done = old.done if old is not None else None
+        self.states[new.name] = new
+        if new.released and new.done is not None and not new.done.done():
+            new.done.set_result(new.outcome(view))
+            _log.info(
+                "barrier %s released (generation %d, %d arrived)",
+                new.name,
+                new.generation,
+                len(new.arrived),
+            )

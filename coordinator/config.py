@@ -1,0 +1,117 @@
+"""Every knob of a coordinator replica, validated in one place.
+
+Timeouts are one frozen dataclass with ``_s`` suffixes (STYLE rule 7) that
+refuses combinations which cannot work — a renew deadline that is not shorter
+than the lease TTL would let a deposed leader keep writing after its lease
+expired — so a bad config fails at start-up with a message naming the field,
+never at 3 a.m. during a failover.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass
+
+from dtr.errors import InvalidArgument
+from dtr.keys import validate_name
+from dtr.store import parse_endpoints
+
+ETCD_MIN_TTL_S = 2  # etcd refuses or rounds up anything shorter
+
+
+def _parse_host_port(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidArgument(f"{name} must be HOST:PORT; got {value!r}")
+    return host, int(port)
+
+
+def _require(name: str, value: float, low: float, high: float) -> None:
+    if not (math.isfinite(value) and low < value <= high):
+        raise InvalidArgument(f"{name} must be a number in ({low}, {high}]; got {value!r}")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """One replica's configuration (``dtr coordinator --help`` documents each field).
+
+    - ``lease_ttl_s``: the election lease; a dead leader is replaced about
+      this long after its last renewal.
+    - ``renew_deadline_s``: a leader that has not renewed its lease for this
+      long stops accepting writes at once, before the lease can expire.
+    - ``heartbeat_timeout_s``: a worker silent this long is declared dead.
+    - ``etcd_timeout_s``: one etcd request; short, because the caller retries
+      at once on the next endpoint.
+    """
+
+    etcd_endpoints: tuple[str, ...]
+    listen: str = "127.0.0.1:50051"
+    advertise: str | None = None
+    job: str = "default"
+    replica_id: str | None = None
+    lease_ttl_s: int = 3
+    renew_deadline_s: float = 2.0
+    heartbeat_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 1.0
+    etcd_timeout_s: float = 0.5
+    startup_timeout_s: float = 30.0
+    shutdown_grace_s: float = 2.0
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etcd_endpoints", tuple(parse_endpoints(self.etcd_endpoints)))
+        _parse_host_port("listen", self.listen)
+        if self.advertise is not None:
+            _, port = _parse_host_port("advertise", self.advertise)
+            if port == 0:
+                raise InvalidArgument(f"advertise must name a real port; got {self.advertise!r}")
+        validate_name("job", self.job)
+        if self.replica_id is not None:
+            validate_name("replica_id", self.replica_id)
+        if isinstance(self.lease_ttl_s, bool) or not isinstance(self.lease_ttl_s, int):
+            raise InvalidArgument(f"lease_ttl_s must be a whole number; got {self.lease_ttl_s!r}")
+        if not ETCD_MIN_TTL_S <= self.lease_ttl_s <= 3600:
+            raise InvalidArgument(
+                f"lease_ttl_s must be in [{ETCD_MIN_TTL_S}, 3600] (etcd's minimum TTL is "
+                f"{ETCD_MIN_TTL_S} s); got {self.lease_ttl_s}"
+            )
+        _require("renew_deadline_s", self.renew_deadline_s, 0.0, 3600.0)
+        if self.renew_deadline_s >= self.lease_ttl_s:
+            raise InvalidArgument(
+                f"renew_deadline_s ({self.renew_deadline_s}) must be shorter than lease_ttl_s "
+                f"({self.lease_ttl_s}): a leader must stop writing before its lease can expire"
+            )
+        _require("heartbeat_timeout_s", self.heartbeat_timeout_s, 0.0, 86400.0)
+        _require("heartbeat_interval_s", self.heartbeat_interval_s, 0.0, 3600.0)
+        if self.heartbeat_interval_s >= self.heartbeat_timeout_s:
+            raise InvalidArgument(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be shorter than "
+                f"heartbeat_timeout_s ({self.heartbeat_timeout_s})"
+            )
+        _require("etcd_timeout_s", self.etcd_timeout_s, 0.0, 60.0)
+        _require("startup_timeout_s", self.startup_timeout_s, 0.0, 3600.0)
+        _require("shutdown_grace_s", self.shutdown_grace_s, -1.0, 600.0)
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise InvalidArgument(f"metrics_port must be in [1, 65535]; got {self.metrics_port}")
+
+    @property
+    def keepalive_interval_s(self) -> float:
+        """Renew the lease often enough that two misses still fit in the deadline."""
+        return min(self.lease_ttl_s / 3.0, self.renew_deadline_s / 3.0)
+
+    def advertised_address(self, bound_port: int) -> str:
+        """What workers should dial: ``advertise``, else the listen host and the bound port."""
+        if self.advertise is not None:
+            return self.advertise
+        host, _ = _parse_host_port("listen", self.listen)
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = socket.gethostname()
+        return f"{host}:{bound_port}"
+
+    def resolved_replica_id(self, bound_port: int) -> str:
+        """``replica_id``, else one derived from the host name and port (stable across restarts)."""
+        if self.replica_id is not None:
+            return self.replica_id
+        host = socket.gethostname().split(".")[0] or "replica"
+        return validate_name("replica_id", f"{host}-{bound_port}")

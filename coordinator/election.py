@@ -1,0 +1,237 @@
+"""Leader election on etcd leases, with the leader's term as a fencing token.
+
+etcd's election recipe (client/v3/concurrency): each replica creates a
+candidate key under the job's election prefix, bound to its own lease; the
+live candidate with the lowest create revision leads, and that create
+revision is the **term**. Every write the leader makes compares
+``create_revision(leader key) == term`` (``Term.fence``), so a deposed or
+paused leader cannot change anything even while it still believes it leads.
+
+Leadership is also bounded in time on the leader's side: ``current_term()``
+returns the term only while the last successful lease renewal is younger
+than ``renew_deadline_s``, which is shorter than the TTL, so a leader that
+cannot reach etcd stops accepting writes before its lease can expire.
+
+The elector runs on its own thread because ``dtr.store`` is synchronous; the
+asyncio server only reads ``current_term()`` and ``leader()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dtr.errors import DtrError, LeaseExpired, StoreError
+from dtr.keys import JobKeys
+from dtr.store import Compare, EtcdStore, Put
+from dtr.watch import WatchBatch
+
+_log = logging.getLogger(__name__)
+_RETRY_S = 0.1
+
+
+@dataclass(frozen=True)
+class Term:
+    """A leadership: the leader's candidate key and its create revision (the token)."""
+
+    key: str
+    revision: int
+
+    def fence(self) -> Compare:
+        """The compare every leader write carries."""
+        return Compare.created_at(self.key, self.revision)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A live replica as the election prefix shows it."""
+
+    replica_id: str
+    address: str
+    key: str
+    create_revision: int
+
+
+def leader_of(candidates: list[Candidate]) -> Candidate | None:
+    """The live candidate with the lowest create revision (pure)."""
+    return min(candidates, key=lambda c: c.create_revision, default=None)
+
+
+def encode_candidate(replica_id: str, address: str) -> bytes:
+    return json.dumps({"replica_id": replica_id, "address": address}, sort_keys=True).encode()
+
+
+def decode_candidate(key: str, value: bytes, create_revision: int) -> Candidate:
+    data = json.loads(value)
+    return Candidate(str(data["replica_id"]), str(data["address"]), key, create_revision)
+
+
+class Elector:
+    """Campaigns, keeps the lease alive, and knows who leads. One per replica."""
+
+    def __init__(
+        self,
+        store: EtcdStore,
+        keys: JobKeys,
+        *,
+        replica_id: str,
+        address: str,
+        lease_ttl_s: int,
+        renew_deadline_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._value = encode_candidate(replica_id, address)
+        self._address = address
+        self._ttl_s = lease_ttl_s
+        self._deadline_s = renew_deadline_s
+        self._interval_s = min(lease_ttl_s, renew_deadline_s) / 3.0
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lease_id: int | None = None
+        self._my_key: str | None = None
+        self._renewed_at = float("-inf")
+        self._term: Term | None = None
+        self._candidates: list[Candidate] = []
+        self._thread = threading.Thread(target=self._run, name="dtr-elector", daemon=True)
+
+    # -- what the server reads ---------------------------------------------------
+    def current_term(self) -> Term | None:
+        """My term if I lead and renewed my lease within the renew deadline, else None."""
+        with self._lock:
+            if self._term is None:
+                return None
+            if time.monotonic() - self._renewed_at >= self._deadline_s:
+                return None
+            return self._term
+
+    def leader(self) -> Candidate | None:
+        """The leading candidate as last seen in etcd (maybe myself)."""
+        with self._lock:
+            return leader_of(self._candidates)
+
+    def leader_hint(self) -> str | None:
+        """The address to send writes to, or None when unknown.
+
+        Never my own address: a replica that believes it leads but cannot
+        write (its renew deadline passed) must not send clients back to itself.
+        """
+        with self._lock:
+            head = leader_of(self._candidates)
+            if head is None or head.address == self._address:
+                return None
+            return head.address
+
+    def candidates(self) -> list[Candidate]:
+        with self._lock:
+            return sorted(self._candidates, key=lambda c: c.create_revision)
+
+    def step_down(self, reason: str) -> None:
+        """A fenced write failed or the deadline passed: I am not the leader."""
+        with self._lock:
+            if self._term is None:
+                return
+            _log.warning("term %d: stepping down: %s", self._term.revision, reason)
+            self._term = None
+        self._wake.set()
+        self._on_change()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._store.watch_prefix(self._keys.election_prefix, self._on_election_event)
+        self._thread.start()
+
+    def resign(self) -> None:
+        """Stop campaigning and revoke the lease, so a follower takes over at once."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5.0)
+        with self._lock:
+            lease_id, self._lease_id, self._term = self._lease_id, None, None
+        if lease_id is not None:
+            try:
+                self._store.revoke_lease(lease_id)
+            except DtrError as err:
+                _log.warning("could not revoke lease %x on shutdown: %s", lease_id, err)
+
+    # -- the thread --------------------------------------------------------------
+    def _on_election_event(self, batch: WatchBatch) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait_s = self._interval_s
+            try:
+                self._cycle()
+            except StoreError as err:
+                _log.info("election: etcd: %s", err)
+                self._check_deadline()
+                wait_s = min(wait_s, _RETRY_S)  # etcd is back within a reconnect backoff
+            self._wake.wait(wait_s)
+            self._wake.clear()
+
+    def _cycle(self) -> None:
+        if self._lease_id is None:
+            self._campaign()
+        else:
+            sent_at = time.monotonic()
+            try:
+                self._store.refresh_lease(self._lease_id)
+            except LeaseExpired:
+                _log.warning("election: my lease expired; campaigning again")
+                with self._lock:
+                    self._lease_id, self._my_key = None, None
+                self._set_term(None)
+                self._campaign()
+            with self._lock:
+                self._renewed_at = sent_at
+        self._evaluate()
+
+    def _campaign(self) -> None:
+        sent_at = time.monotonic()
+        lease = self._store.grant_lease(self._ttl_s)
+        key = self._keys.candidate(lease.lease_id)
+        result = self._store.txn([Compare.absent(key)], [Put(key, self._value, lease.lease_id)])
+        if not result.succeeded:  # a lease id is unique; this means etcd reused one
+            self._store.revoke_lease(lease.lease_id)
+            return
+        with self._lock:
+            self._lease_id, self._my_key, self._renewed_at = lease.lease_id, key, sent_at
+        _log.info("election: campaigning with %s", key)
+
+    def _evaluate(self) -> None:
+        snapshot = self._store.get_prefix(self._keys.election_prefix)
+        candidates = [decode_candidate(kv.key, kv.value, kv.create_revision) for kv in snapshot.kvs]
+        with self._lock:
+            self._candidates = candidates
+            my_key = self._my_key
+        head = leader_of(candidates)
+        if head is not None and head.key == my_key:
+            self._set_term(Term(head.key, head.create_revision))
+        else:
+            self._set_term(None)
+
+    def _set_term(self, term: Term | None) -> None:
+        with self._lock:
+            changed = term != self._term
+            self._term = term
+        if changed:
+            if term is not None:
+                _log.info("term %d: elected leader", term.revision)
+            self._on_change()
+
+    def _check_deadline(self) -> None:
+        """etcd is out of reach: past the renew deadline, drop the term at once."""
+        with self._lock:
+            expired = (
+                self._term is not None and time.monotonic() - self._renewed_at >= self._deadline_s
+            )
+        if expired:
+            self.step_down("could not renew the lease within the renew deadline")

@@ -1,0 +1,147 @@
+"""Run one coordinator replica: etcd, election, gRPC server, leader loop, shutdown.
+
+``serve(config)`` is what ``dtr coordinator`` calls. Start-up waits (bounded)
+for etcd, binds the port, starts campaigning and serving; the leader loop
+then runs every ``_CYCLE_S`` and logs its status line whenever it changes.
+SIGTERM or SIGINT stops gracefully: the health service turns NOT_SERVING,
+the leader revokes its lease so a follower takes over at once (DESIGN §4),
+and in-flight calls get ``shutdown_grace_s`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from dtr.errors import DtrError, InvalidArgument, StoreUnavailable
+from dtr.keys import JobKeys
+from dtr.proto import LEADER_HEALTH_SERVICE, SERVICE_NAME
+from dtr.proto import coordinator_pb2_grpc as pb_grpc
+from dtr.store import EtcdStore
+
+from .config import CoordinatorConfig
+from .election import Elector
+from .leader import Coordinator
+from .servicer import CoordinatorServicer
+
+_log = logging.getLogger("dtr.coordinator")
+_CYCLE_S = 0.2
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def serve(config: CoordinatorConfig) -> int:
+    """Run a replica until SIGTERM/SIGINT; returns the exit status."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    return asyncio.run(_serve(config))
+
+
+def wait_for_etcd(store: EtcdStore, timeout_s: float) -> None:
+    """Retry until etcd answers or ``timeout_s`` passes (a bounded start-up wait)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            store.revision()
+            return
+        except StoreUnavailable as err:
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable(
+                    f"etcd at {','.join(store.endpoints)} did not answer within {timeout_s} s "
+                    f"({err}); is it running? (`dtr etcd` starts one)"
+                ) from None
+            time.sleep(0.1)
+
+
+async def _serve(config: CoordinatorConfig) -> int:
+    store = EtcdStore(config.etcd_endpoints, timeout_s=config.etcd_timeout_s)
+    try:
+        await asyncio.to_thread(wait_for_etcd, store, config.startup_timeout_s)
+        return await _run_replica(config, store)
+    finally:
+        store.close()
+
+
+async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as err:
+        raise InvalidArgument(f"listen: cannot listen on {config.listen}: {err}") from None
+    replica_id = config.resolved_replica_id(port)
+    address = config.advertised_address(port)
+    keys = JobKeys(config.job)
+    health = HealthServicer()
+    elector = Elector(
+        store,
+        keys,
+        replica_id=replica_id,
+        address=address,
+        lease_ttl_s=config.lease_ttl_s,
+        renew_deadline_s=config.renew_deadline_s,
+    )
+    coordinator = Coordinator(store, keys, config, elector)
+    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator, replica_id), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    await health.set(LEADER_HEALTH_SERVICE, _NOT_SERVING)
+    await server.start()
+    elector.start()
+    await health.set("", _SERVING)
+    print(f"dtr coordinator {replica_id} serving on {address} (job {config.job})", flush=True)
+    stop = _stop_event()
+    try:
+        await _leader_loop(coordinator, health, stop)
+    finally:
+        await health.enter_graceful_shutdown()
+        await asyncio.to_thread(elector.resign)
+        await server.stop(config.shutdown_grace_s)
+        _log.info("replica %s stopped", replica_id)
+    return 0
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _leader_loop(
+    coordinator: Coordinator, health: HealthServicer, stop: asyncio.Event
+) -> None:
+    """Run cycles until asked to stop; log the status line when it changes."""
+    last_status = ""
+    while not stop.is_set():
+        try:
+            status = await coordinator.run_cycle()
+        except DtrError as err:
+            status = f"cycle failed: {err}"
+        is_leader = coordinator.is_leader
+        await health.set(LEADER_HEALTH_SERVICE, _SERVING if is_leader else _NOT_SERVING)
+        if status != last_status:
+            _log.info("%s", status)
+            last_status = status
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _CYCLE_S)

@@ -1,0 +1,146 @@
+"""Decisions about membership and datasets, as pure functions of a view.
+
+Each ``plan_*`` takes the current ``ClusterView`` and returns a ``WritePlan``:
+the compares that make the write safe to apply to exactly that view, the
+operations, and the view as it will be once etcd applies them. The leader
+adds its fence and sends the plan as one transaction; these functions do no
+I/O and are unit-tested without etcd.
+
+Every change to the live member set or to a live member's capacity bumps the
+membership generation by exactly one, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from dtr.errors import AlreadyExists
+from dtr.keys import JobKeys
+from dtr.store import Compare, Delete, Op, Put
+
+from .state import ClusterView, DatasetRecord, MemberRecord
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """What to write, under which conditions, and the view it leads to."""
+
+    compares: tuple[Compare, ...]
+    ops: tuple[Op, ...]
+    view: ClusterView
+
+
+def _unchanged(key: str, record: MemberRecord | DatasetRecord | None) -> Compare:
+    """The record is still what the view says (so a stale plan cannot apply)."""
+    return Compare.absent(key) if record is None else Compare.value_is(key, record.encode())
+
+
+def _bump_generation(keys: JobKeys, view: ClusterView) -> tuple[Compare, Put]:
+    current = view.generation
+    guard = (
+        Compare.absent(keys.generation)
+        if current == 0
+        else Compare.value_is(keys.generation, str(current).encode())
+    )
+    return guard, Put(keys.generation, str(current + 1).encode())
+
+
+def _plan_members(
+    keys: JobKeys, view: ClusterView, changes: Mapping[str, MemberRecord | None]
+) -> WritePlan:
+    """Write (or delete, for None) member records and bump the generation once."""
+    compares: list[Compare] = []
+    ops: list[Op] = []
+    members = dict(view.members)
+    for worker_id, record in sorted(changes.items()):
+        key = keys.member(worker_id)
+        compares.append(_unchanged(key, view.members.get(worker_id)))
+        if record is None:
+            ops.append(Delete(key))
+            members.pop(worker_id, None)
+        else:
+            ops.append(Put(key, record.encode()))
+            members[worker_id] = record
+    new_view = view.replace(members=members)
+    if new_view.live_members() != view.live_members():
+        guard, bump = _bump_generation(keys, view)
+        compares.append(guard)
+        ops.append(bump)
+        new_view = new_view.replace(generation=view.generation + 1)
+    return WritePlan(tuple(compares), tuple(ops), new_view)
+
+
+def plan_register(
+    keys: JobKeys, view: ClusterView, worker_id: str, capacity: float, *, host: str, pid: int
+) -> WritePlan:
+    """A worker (re)joins: a new incarnation; the generation moves only if membership did."""
+    previous = view.members.get(worker_id)
+    record = MemberRecord(
+        worker_id=worker_id,
+        capacity=capacity,
+        alive=True,
+        incarnation=(previous.incarnation + 1) if previous else 1,
+        host=host,
+        pid=pid,
+    )
+    return _plan_members(keys, view, {worker_id: record})
+
+
+def plan_mark_dead(keys: JobKeys, view: ClusterView, worker_ids: Iterable[str]) -> WritePlan | None:
+    """Declare live workers dead, all in one write; None if none of them is live."""
+    changes: dict[str, MemberRecord | None] = {}
+    for worker_id in worker_ids:
+        record = view.members.get(worker_id)
+        if record is not None and record.alive:
+            changes[worker_id] = MemberRecord(
+                record.worker_id,
+                record.capacity,
+                False,
+                record.incarnation,
+                record.host,
+                record.pid,
+            )
+    return _plan_members(keys, view, changes) if changes else None
+
+
+def plan_deregister(
+    keys: JobKeys, view: ClusterView, worker_id: str, incarnation: int
+) -> WritePlan | None:
+    """A clean exit removes the record; None if it is gone or a newer incarnation runs."""
+    record = view.members.get(worker_id)
+    if record is None or (incarnation and record.incarnation != incarnation):
+        return None
+    return _plan_members(keys, view, {worker_id: None})
+
+
+def expired_workers(
+    view: ClusterView, last_seen: Mapping[str, float], now: float, timeout_s: float
+) -> list[str]:
+    """Live members not heard from for ``timeout_s`` (a member never seen counts as seen now)."""
+    return sorted(
+        worker_id
+        for worker_id, record in view.members.items()
+        if record.alive and now - last_seen.get(worker_id, now) >= timeout_s
+    )
+
+
+def plan_register_dataset(
+    keys: JobKeys, view: ClusterView, wanted: DatasetRecord
+) -> WritePlan | None:
+    """Create a dataset; None if it exists as asked; AlreadyExists if it differs."""
+    existing = view.datasets.get(wanted.name)
+    if existing is not None:
+        if existing != wanted:
+            raise AlreadyExists(
+                f"dataset {wanted.name!r} exists with num_shards={existing.num_shards}, "
+                f"vnodes={existing.vnodes}, load_factor={existing.load_factor}; "
+                f"asked for num_shards={wanted.num_shards}, vnodes={wanted.vnodes}, "
+                f"load_factor={wanted.load_factor}"
+            )
+        return None
+    key = keys.dataset(wanted.name)
+    datasets = {**view.datasets, wanted.name: wanted}
+    return WritePlan(
+        (Compare.absent(key),), (Put(key, wanted.encode()),), view.replace(datasets=datasets)
+    )

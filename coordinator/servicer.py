@@ -1,0 +1,284 @@
+"""The gRPC face of a replica: validate, delegate to ``Coordinator``, translate errors.
+
+Thin on purpose (the gRPC examples' habit): every handler validates its
+request with ``validation`` (INVALID_ARGUMENT naming the field), calls the
+coordinator, and builds the response. Domain errors become status codes
+through the one table in ``status_codes``; a NOT_LEADER answer carries the
+leader's address in the ``dtr-leader`` trailing metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from dtr.errors import DtrError, MembershipChanged, NotFound, NotLeader
+from dtr.proto import LEADER_METADATA_KEY
+from dtr.proto import coordinator_pb2 as pb
+from dtr.proto import coordinator_pb2_grpc as pb_grpc
+
+from . import validation
+from .leader import Coordinator
+from .state import ClusterView, DatasetRecord
+from .status_codes import status_for
+
+_log = logging.getLogger(__name__)
+_Response = TypeVar("_Response")
+
+# A barrier long poll ends after this long; the worker then calls again (WAITING).
+MAX_LONG_POLL_S = 10.0
+_BARRIER_STATUS = {
+    "released": pb.BARRIER_STATUS_RELEASED,
+    "membership_changed": pb.BARRIER_STATUS_MEMBERSHIP_CHANGED,
+    "waiting": pb.BARRIER_STATUS_WAITING,
+}
+_BEAT_STATUS = {
+    "ok": pb.WORKER_STATUS_OK,
+    "unknown": pb.WORKER_STATUS_UNKNOWN_WORKER,
+    "dead": pb.WORKER_STATUS_DEAD,
+    "stale_incarnation": pb.WORKER_STATUS_STALE_INCARNATION,
+}
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DtrError) -> None:
+    """Answer ``err`` with its status code (and the leader hint for NOT_LEADER)."""
+    if isinstance(err, NotLeader) and err.leader_address:
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, err.leader_address),))
+    await context.abort(status_for(err), str(err))
+
+
+def _handler(
+    method: Callable[[CoordinatorServicer, Any, Any], Awaitable[_Response]],
+) -> Callable[[CoordinatorServicer, Any, Any], Awaitable[_Response]]:
+    """Translate DtrError to a status; log anything else (the replica keeps serving)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: CoordinatorServicer, request: Any, context: Any) -> _Response:
+        try:
+            return await method(self, request, context)
+        except DtrError as err:
+            await abort_with(context, err)
+            raise  # abort() raises; this line is never reached
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            _log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error")
+            raise
+
+    return wrapper
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    """``dtr.v1.Coordinator`` on one replica."""
+
+    def __init__(self, coordinator: Coordinator, replica_id: str) -> None:
+        self.core = coordinator
+        self.replica_id = replica_id
+        self.job = coordinator.keys.job
+
+    def header(self, view: ClusterView | None = None) -> pb.ResponseHeader:
+        leader = self.core.elector.leader()
+        return pb.ResponseHeader(
+            term=leader.create_revision if leader else 0,
+            generation=view.generation if view else 0,
+            replica_id=self.replica_id,
+            is_leader=self.core.is_leader,
+            leader_address=leader.address if leader else "",
+        )
+
+    # -- membership --------------------------------------------------------------
+    @_handler
+    async def RegisterWorker(
+        self, request: pb.RegisterWorkerRequest, context: Any
+    ) -> pb.RegisterWorkerResponse:
+        validation.job_of(request.header, self.job)
+        wanted = validation.register_worker(request)
+        worker_id = wanted.worker_id or f"w-{uuid.uuid4().hex[:12]}"
+        record, view = await self.core.register_worker(
+            worker_id, wanted.capacity, host=wanted.host, pid=wanted.pid
+        )
+        return pb.RegisterWorkerResponse(
+            header=self.header(view),
+            worker_id=worker_id,
+            incarnation=record.incarnation,
+            heartbeat_interval_s=self.core.config.heartbeat_interval_s,
+            heartbeat_timeout_s=self.core.config.heartbeat_timeout_s,
+        )
+
+    async def _beat(
+        self, request: pb.HeartbeatRequest | pb.HeartbeatStreamRequest
+    ) -> tuple[pb.ResponseHeader, int, int]:
+        validation.job_of(request.header, self.job)
+        beat = validation.heartbeat(request)
+        status, view = await self.core.heartbeat(
+            beat.worker_id, beat.incarnation, beat.step, beat.samples_per_s
+        )
+        return self.header(view), _BEAT_STATUS[status], beat.sequence
+
+    @_handler
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        header, status, sequence = await self._beat(request)
+        return pb.HeartbeatResponse(
+            header=header,
+            status=status,  # type: ignore[arg-type]
+            next_interval_s=self.core.config.heartbeat_interval_s,
+            acked_sequence=sequence,
+        )
+
+    async def HeartbeatStream(
+        self, request_iterator: AsyncIterator[pb.HeartbeatStreamRequest], context: Any
+    ) -> AsyncIterator[pb.HeartbeatStreamResponse]:
+        try:
+            async for request in request_iterator:
+                header, status, sequence = await self._beat(request)
+                yield pb.HeartbeatStreamResponse(
+                    header=header,
+                    status=status,  # type: ignore[arg-type]
+                    next_interval_s=self.core.config.heartbeat_interval_s,
+                    acked_sequence=sequence,
+                )
+        except DtrError as err:
+            await abort_with(context, err)
+
+    @_handler
+    async def Deregister(
+        self, request: pb.DeregisterRequest, context: Any
+    ) -> pb.DeregisterResponse:
+        validation.job_of(request.header, self.job)
+        leaving = validation.deregister(request)
+        removed = await self.core.deregister(leaving.worker_id, leaving.incarnation or 0)
+        _log.info("worker %s deregistered (%s)", leaving.worker_id, leaving.reason)
+        return pb.DeregisterResponse(
+            header=self.header(await self.core.read_view()), removed=removed
+        )
+
+    # -- datasets and shards -----------------------------------------------------
+    @_handler
+    async def RegisterDataset(
+        self, request: pb.RegisterDatasetRequest, context: Any
+    ) -> pb.RegisterDatasetResponse:
+        validation.job_of(request.header, self.job)
+        spec = validation.register_dataset(request)
+        wanted = DatasetRecord(spec.name, spec.num_shards, spec.vnodes, spec.load_factor)
+        stored, created = await self.core.register_dataset(wanted)
+        return pb.RegisterDatasetResponse(
+            header=self.header(await self.core.read_view()),
+            dataset=_dataset_pb(stored),
+            created=created,
+        )
+
+    @_handler
+    async def GetShards(self, request: pb.GetShardsRequest, context: Any) -> pb.GetShardsResponse:
+        validation.job_of(request.header, self.job)
+        query = validation.get_shards(request)
+        view = await self.core.read_view()
+        dataset = view.datasets.get(query.dataset)
+        if dataset is None:
+            raise NotFound(f"dataset: no dataset named {query.dataset!r}; register it first")
+        members = view.live_members()
+        if query.worker_id not in members:
+            raise NotFound(
+                f"worker_id: {query.worker_id!r} is not a live member of generation "
+                f"{view.generation}; register it first"
+            )
+        shards = self.core.assignment(view, dataset).get(query.worker_id, [])
+        return pb.GetShardsResponse(
+            header=self.header(view),
+            shard_ids=shards,
+            generation=view.generation,
+            num_shards=dataset.num_shards,
+            num_members=len(members),
+        )
+
+    # -- barriers ----------------------------------------------------------------
+    @_handler
+    async def Barrier(self, request: pb.BarrierRequest, context: Any) -> pb.BarrierResponse:
+        validation.job_of(request.header, self.job)
+        arrival = validation.barrier(request)
+        wait_s = min(arrival.timeout_s or MAX_LONG_POLL_S, MAX_LONG_POLL_S)
+        try:
+            outcome = await self.core.barrier_arrive(
+                arrival.name, arrival.worker_id, arrival.generation, wait_s
+            )
+        except MembershipChanged:
+            view = await self.core.read_view()
+            return pb.BarrierResponse(
+                header=self.header(view),
+                status=pb.BARRIER_STATUS_MEMBERSHIP_CHANGED,
+                barrier_generation=view.generation,
+            )
+        return pb.BarrierResponse(
+            header=self.header(await self.core.read_view()),
+            status=_BARRIER_STATUS[outcome.status],
+            barrier_generation=outcome.generation,
+            arrived=outcome.arrived,
+            expected=outcome.expected,
+            missing_worker_ids=outcome.missing,
+        )
+
+    # -- not built yet (the checkpoint issue) -------------------------------------
+    async def CommitCheckpoint(
+        self, request: pb.CommitCheckpointRequest, context: Any
+    ) -> pb.CommitCheckpointResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CommitCheckpoint: not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def GetLatestCheckpoint(
+        self, request: pb.GetLatestCheckpointRequest, context: Any
+    ) -> pb.GetLatestCheckpointResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "GetLatestCheckpoint: not implemented yet"
+        )
+        raise AssertionError("unreachable")
+
+    # -- status ------------------------------------------------------------------
+    @_handler
+    async def ClusterStatus(
+        self, request: pb.ClusterStatusRequest, context: Any
+    ) -> pb.ClusterStatusResponse:
+        validation.job_of(request.header, self.job)
+        view = await self.core.read_view()
+        candidates = self.core.elector.candidates()
+        response = pb.ClusterStatusResponse(
+            header=self.header(view), job=self.job, generation=view.generation
+        )
+        if candidates:
+            head = candidates[0]
+            response.leader.CopyFrom(
+                pb.LeaderInfo(id=head.replica_id, address=head.address, term=head.create_revision)
+            )
+        for c in candidates:
+            response.replicas.add(id=c.replica_id, address=c.address, is_leader=c is candidates[0])
+        for dataset in sorted(view.datasets.values(), key=lambda d: d.name):
+            response.datasets.append(_dataset_pb(dataset))
+        for worker_id, record in sorted(view.members.items()):
+            info = response.workers.add(
+                id=worker_id,
+                alive=record.alive,
+                capacity=record.capacity,
+                incarnation=record.incarnation,
+                host=record.host,
+                pid=record.pid,
+            )
+            seen = self.core.liveness(worker_id)
+            if seen is not None:
+                info.last_heartbeat_age_s = max(0.0, self.core.age_s(seen))
+                info.step, info.samples_per_s = seen.step, seen.samples_per_s
+            if record.alive:
+                for dataset in view.datasets.values():
+                    shards = self.core.assignment(view, dataset).get(worker_id, [])
+                    info.shard_counts[dataset.name] = len(shards)
+        return response
+
+
+def _dataset_pb(record: DatasetRecord) -> pb.Dataset:
+    message = pb.Dataset(name=record.name, num_shards=record.num_shards, vnodes=record.vnodes)
+    if record.load_factor is not None:
+        message.load_factor = record.load_factor
+    return message

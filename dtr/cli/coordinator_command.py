@@ -1,0 +1,203 @@
+"""``dtr coordinator``: one coordinator replica in the foreground (DESIGN §3, §4).
+
+The command only turns flags into a ``CoordinatorConfig`` and hands it to
+``dtr.coordinator.main.serve``, which owns signals, election and shutdown.
+The config validates every field; its messages name fields
+(``lease_ttl_s``), which we rewrite to the flags a user typed
+(``--lease-ttl-s``), so a bad value is one line that says what to change.
+The coordinator is imported inside the command: ``dtr --help`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import TYPE_CHECKING
+
+from dtr.errors import InvalidArgument
+
+from .options import ENV_NOTE, Commands, EnvOption, Parser, add_debug, add_options, port
+
+if TYPE_CHECKING:
+    from dtr.coordinator.config import CoordinatorConfig
+
+# Defaults mirror CoordinatorConfig's (tests/integration/test_cli_coordinator.py
+# checks they agree); they are spelled out here so --help can show them
+# without importing the coordinator.
+COORDINATOR_OPTIONS = (
+    EnvOption(
+        "--etcd",
+        "DTR_ETCD",
+        None,
+        str,
+        "URL[,URL...]",
+        "etcd endpoints, comma-separated, as http://HOST:PORT or HOST:PORT",
+        required=True,
+    ),
+    EnvOption(
+        "--listen",
+        "DTR_LISTEN",
+        "127.0.0.1:50051",
+        str,
+        "HOST:PORT",
+        "address the gRPC server binds (port 0 picks a free port)",
+    ),
+    EnvOption(
+        "--advertise",
+        "DTR_ADVERTISE",
+        None,
+        str,
+        "HOST:PORT",
+        "address workers and replicas dial (default: the listen host and the bound port)",
+    ),
+    EnvOption("--job", "DTR_JOB", "default", str, "NAME", "the training job to coordinate"),
+    EnvOption(
+        "--replica-id",
+        "DTR_REPLICA_ID",
+        None,
+        str,
+        "ID",
+        "this replica's id, stable across restarts (default: <short hostname>-<port>)",
+    ),
+    EnvOption(
+        "--lease-ttl-s",
+        "DTR_LEASE_TTL_S",
+        3,
+        int,
+        "S",
+        "election lease TTL in whole seconds (>= 2): a dead leader is replaced about "
+        "this long after its last renewal",
+    ),
+    EnvOption(
+        "--renew-deadline-s",
+        "DTR_RENEW_DEADLINE_S",
+        2.0,
+        float,
+        "S",
+        "a leader that has not renewed its lease for this long stops writing at once; "
+        "must be shorter than --lease-ttl-s",
+    ),
+    EnvOption(
+        "--heartbeat-timeout-s",
+        "DTR_HEARTBEAT_TIMEOUT_S",
+        30.0,
+        float,
+        "S",
+        "a worker silent this long is declared dead",
+    ),
+    EnvOption(
+        "--heartbeat-interval-s",
+        "DTR_HEARTBEAT_INTERVAL_S",
+        1.0,
+        float,
+        "S",
+        "beat interval told to workers; shorter than --heartbeat-timeout-s",
+    ),
+    EnvOption(
+        "--etcd-timeout-s",
+        "DTR_ETCD_TIMEOUT_S",
+        0.5,
+        float,
+        "S",
+        "deadline of one etcd request (a failed one moves to the next endpoint)",
+    ),
+    EnvOption(
+        "--startup-timeout-s",
+        "DTR_STARTUP_TIMEOUT_S",
+        30.0,
+        float,
+        "S",
+        "exit with an error when etcd cannot be reached within this long at start-up",
+    ),
+    EnvOption(
+        "--shutdown-grace-s",
+        "DTR_SHUTDOWN_GRACE_S",
+        2.0,
+        float,
+        "S",
+        "on SIGTERM, how long in-flight calls may finish",
+    ),
+    EnvOption(
+        "--metrics-port",
+        "DTR_METRICS_PORT",
+        None,
+        port,
+        "PORT",
+        "serve Prometheus metrics on this port (off unless given)",
+    ),
+)
+
+# CoordinatorConfig field -> the flag that sets it.
+FIELD_FLAGS = {
+    "etcd_endpoints": "--etcd",
+    "listen": "--listen",
+    "advertise": "--advertise",
+    "job": "--job",
+    "replica_id": "--replica-id",
+    "lease_ttl_s": "--lease-ttl-s",
+    "renew_deadline_s": "--renew-deadline-s",
+    "heartbeat_timeout_s": "--heartbeat-timeout-s",
+    "heartbeat_interval_s": "--heartbeat-interval-s",
+    "etcd_timeout_s": "--etcd-timeout-s",
+    "startup_timeout_s": "--startup-timeout-s",
+    "shutdown_grace_s": "--shutdown-grace-s",
+    "metrics_port": "--metrics-port",
+}
+_FIELD_WORD = re.compile(r"\b(" + "|".join(sorted(FIELD_FLAGS, key=len, reverse=True)) + r")\b")
+
+
+def add_coordinator_command(commands: Commands[Parser]) -> None:
+    parser = commands.add_parser(
+        "coordinator",
+        help="run one coordinator replica",
+        description="Run one coordinator replica of a job in the foreground: it campaigns "
+        "for leadership in etcd, serves dtr.v1.Coordinator and gRPC health, and stops "
+        "on Ctrl-C or SIGTERM (a leader hands over at once by revoking its lease).",
+        epilog=ENV_NOTE,
+    )
+    add_debug(parser, default=argparse.SUPPRESS)
+    add_options(parser, COORDINATOR_OPTIONS)
+    parser.set_defaults(run=run_coordinator)
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    """Validate the whole config first, then serve until a signal; serve's code is ours."""
+    from dtr.coordinator.main import serve
+
+    return int(serve(config_from_args(args)))
+
+
+def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
+    """The replica's config; a value it refuses is re-raised naming the flag."""
+    from dtr.coordinator.config import CoordinatorConfig
+
+    try:
+        return CoordinatorConfig(
+            etcd_endpoints=tuple(args.etcd.split(",")),
+            listen=args.listen,
+            advertise=args.advertise,
+            job=args.job,
+            replica_id=args.replica_id,
+            lease_ttl_s=args.lease_ttl_s,
+            renew_deadline_s=args.renew_deadline_s,
+            heartbeat_timeout_s=args.heartbeat_timeout_s,
+            heartbeat_interval_s=args.heartbeat_interval_s,
+            etcd_timeout_s=args.etcd_timeout_s,
+            startup_timeout_s=args.startup_timeout_s,
+            shutdown_grace_s=args.shutdown_grace_s,
+            metrics_port=args.metrics_port,
+        )
+    except InvalidArgument as err:
+        raise InvalidArgument(flag_message(str(err))) from err
+
+
+def flag_message(message: str) -> str:
+    """``"lease_ttl_s must be ..."`` → ``"--lease-ttl-s must be ..."``.
+
+    Endpoint errors come from the etcd client's parser, which knows no field
+    name; they get ``--etcd`` in front so every message names its flag.
+    """
+    text = _FIELD_WORD.sub(lambda match: FIELD_FLAGS[match.group(1)], message)
+    if "--" not in text and "etcd endpoint" in text:
+        text = f"--etcd: {text}"
+    return text

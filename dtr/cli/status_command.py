@@ -1,0 +1,197 @@
+"""``dtr status``: what a job's coordinators know, as a table or one JSON object.
+
+Two ways in. ``--coordinator`` (or ``DTR_COORDINATORS``) names replicas to
+ask directly, tried in order. ``--etcd`` (or ``DTR_ETCD``) finds them first:
+every replica's election candidate key holds its address, and the one with
+the lowest create revision is the leader, so it is asked first. Any replica
+answers ``ClusterStatus`` (a read); a follower's answer lacks heartbeat ages,
+so when a follower names a leader we ask the leader too and keep the
+follower's answer only if the leader does not reply.
+
+When no replica answers, the error is one line listing what each said.
+gRPC and the etcd client are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from dtr.errors import CoordinatorUnavailable, InvalidArgument, StoreError
+
+from .options import (
+    ENV_NOTE,
+    Commands,
+    EnvOption,
+    Parser,
+    add_debug,
+    add_options,
+    host_port_list,
+    positive_float,
+)
+from .status_format import render_status, status_to_dict
+
+if TYPE_CHECKING:
+    from dtr.proto.coordinator_pb2 import ClusterStatusResponse
+
+DEFAULT_JOB = "default"
+_CALLER_ID = "dtr-cli"
+
+_STATUS_OPTIONS = (
+    EnvOption(
+        "--job",
+        "DTR_JOB",
+        None,
+        str,
+        "NAME",
+        f"the job to show (default: whatever the coordinator serves; with --etcd, {DEFAULT_JOB!r})",
+    ),
+    EnvOption(
+        "--timeout-s",
+        "DTR_STATUS_TIMEOUT_S",
+        5.0,
+        positive_float,
+        "S",
+        "deadline of each call to etcd or to one coordinator",
+    ),
+)
+
+
+def add_status_command(commands: Commands[Parser]) -> None:
+    parser = commands.add_parser(
+        "status",
+        help="show a job's leader, replicas, workers, datasets and latest checkpoint",
+        description="Ask a job's coordinators for its state. Exit 1 when none answers.",
+        epilog=f"{ENV_NOTE} Without either flag, DTR_COORDINATORS is used, else DTR_ETCD.",
+    )
+    add_debug(parser, default=argparse.SUPPRESS)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--coordinator",
+        type=host_port_list,
+        metavar="ADDR[,ADDR...]",
+        help="coordinator replicas to ask, tried in order [env DTR_COORDINATORS]",
+    )
+    target.add_argument(
+        "--etcd",
+        metavar="URL[,URL...]",
+        help="find the job's replicas in etcd instead [env DTR_ETCD]",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(parser, _STATUS_OPTIONS)
+    parser.set_defaults(run=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Find the replicas, ask them, print what the first one to answer says."""
+    coordinators, etcd = resolve_target(args.coordinator, args.etcd, os.environ)
+    if etcd is not None:
+        job = args.job or DEFAULT_JOB
+        addresses = replicas_from_etcd(etcd, job, args.timeout_s)
+    else:
+        job = args.job or ""
+        addresses = coordinators
+    status = status_to_dict(ask_cluster_status(addresses, job, args.timeout_s))
+    if args.json:
+        print(json.dumps(status, indent=2), flush=True)
+    else:
+        print(render_status(status), flush=True)
+    return 0
+
+
+def resolve_target(
+    coordinator: list[str] | None, etcd: str | None, environ: Mapping[str, str]
+) -> tuple[list[str], str | None]:
+    """(coordinator addresses, etcd endpoints): a flag, else DTR_COORDINATORS, else DTR_ETCD."""
+    if coordinator is not None:
+        return coordinator, None
+    if etcd is not None:
+        return [], etcd
+    raw = environ.get("DTR_COORDINATORS", "")
+    if raw:
+        try:
+            return host_port_list(raw), None
+        except argparse.ArgumentTypeError as err:
+            raise InvalidArgument(f"DTR_COORDINATORS={raw!r}: {err}") from err
+    if environ.get("DTR_ETCD", ""):
+        return [], environ["DTR_ETCD"]
+    raise InvalidArgument("--coordinator or --etcd is required (or set DTR_COORDINATORS/DTR_ETCD)")
+
+
+def replicas_from_etcd(etcd: str, job: str, timeout_s: float) -> list[str]:
+    """Addresses of the job's live replicas, leader (lowest create revision) first."""
+    from dtr.keys import JobKeys
+    from dtr.store import EtcdStore
+
+    try:
+        keys = JobKeys(job)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"--job: {err}") from err
+    try:
+        with EtcdStore(etcd, timeout_s=timeout_s) as store:
+            snapshot = store.get_prefix(keys.election_prefix)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"--etcd: {err}") from err
+    except StoreError as err:
+        raise CoordinatorUnavailable(f"cannot read job {job!r} from etcd at {etcd}: {err}") from err
+    addresses: list[str] = []
+    for kv in sorted(snapshot.kvs, key=lambda kv: kv.create_revision):
+        address = _candidate_address(kv.value)
+        if address is not None and address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise CoordinatorUnavailable(f"no coordinator of job {job!r} is registered in {etcd}")
+    return addresses
+
+
+def _candidate_address(value: bytes) -> str | None:
+    """The ``address`` of an election candidate's JSON value; None if it has none."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return None
+    address = record.get("address") if isinstance(record, dict) else None
+    return address if isinstance(address, str) and address else None
+
+
+def ask_cluster_status(
+    addresses: Sequence[str], job: str, timeout_s: float
+) -> ClusterStatusResponse:
+    """The first answer, preferring the leader's when a follower names one."""
+    failures: list[str] = []
+    for address in addresses:
+        response = _try_one(address, job, timeout_s, failures)
+        if response is None:
+            continue
+        leader = response.header.leader_address
+        if response.header.is_leader or not leader or leader == address:
+            return response
+        return _try_one(leader, job, timeout_s, failures) or response
+    raise CoordinatorUnavailable(f"no coordinator answered ClusterStatus: {'; '.join(failures)}")
+
+
+def _try_one(
+    address: str, job: str, timeout_s: float, failures: list[str]
+) -> ClusterStatusResponse | None:
+    """One ClusterStatus call; a failure is appended to ``failures`` as one short phrase."""
+    import grpc
+
+    from dtr.proto import coordinator_pb2, coordinator_pb2_grpc
+
+    request = coordinator_pb2.ClusterStatusRequest(
+        header=coordinator_pb2.RequestHeader(job=job, caller_id=_CALLER_ID)
+    )
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            response: ClusterStatusResponse = stub.ClusterStatus(request, timeout=timeout_s)
+            return response
+    except grpc.RpcError as err:
+        code = err.code().name if callable(getattr(err, "code", None)) else "ERROR"
+        details = err.details() if callable(getattr(err, "details", None)) else str(err)
+        first = (details or "").strip().splitlines()[:1]
+        failures.append(f"{address}: {code}" + (f" ({first[0]})" if first else ""))
+        return None
