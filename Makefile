@@ -55,6 +55,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) benchmarks/ring.py
+	$(PY) benchmarks/coordinator.py
 
 etcd: $(STAMP)
 	$(VENV)/bin/dtr etcd

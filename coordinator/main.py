@@ -31,6 +31,7 @@ from dtr.store import EtcdStore
 from .config import CoordinatorConfig
 from .election import Elector
 from .leader import Coordinator
+from .metrics import CoordinatorMetrics
 from .servicer import CoordinatorServicer
 
 _log = logging.getLogger("dtr.coordinator")
@@ -93,7 +94,12 @@ async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
         lease_ttl_s=config.lease_ttl_s,
         renew_deadline_s=config.renew_deadline_s,
     )
-    coordinator = Coordinator(store, keys, config, elector)
+    metrics = CoordinatorMetrics()
+    if config.metrics_port is not None:
+        host = config.listen.rpartition(":")[0]
+        metrics.serve(config.metrics_port, host)
+        _log.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
+    coordinator = Coordinator(store, keys, config, elector, metrics=metrics)
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator, replica_id), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -57,19 +58,27 @@ def _handler(
 ) -> Callable[[CoordinatorServicer, Any, Any], Awaitable[_Response]]:
     """Translate DtrError to a status; log anything else (the replica keeps serving)."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(self: CoordinatorServicer, request: Any, context: Any) -> _Response:
+        started, code = time.perf_counter(), "OK"
         try:
             return await method(self, request, context)
         except DtrError as err:
+            code = status_for(err).name
             await abort_with(context, err)
             raise  # abort() raises; this line is never reached
         except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
             raise
         except Exception:
-            _log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error")
+            code = "INTERNAL"
+            _log.exception("%s failed", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
             raise
+        finally:
+            self.core.metrics.rpc_seconds.labels(name, code).observe(time.perf_counter() - started)
 
     return wrapper
 
@@ -187,7 +196,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 f"worker_id: {query.worker_id!r} is not a live member of generation "
                 f"{view.generation}; register it first"
             )
-        shards = self.core.assignment(view, dataset).get(query.worker_id, [])
+        shards = (await self.core.assignment(view, dataset)).get(query.worker_id, [])
         return pb.GetShardsResponse(
             header=self.header(view),
             shard_ids=shards,
@@ -202,17 +211,24 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         validation.job_of(request.header, self.job)
         arrival = validation.barrier(request)
         wait_s = min(arrival.timeout_s or MAX_LONG_POLL_S, MAX_LONG_POLL_S)
+        started = time.perf_counter()
         try:
             outcome = await self.core.barrier_arrive(
                 arrival.name, arrival.worker_id, arrival.generation, wait_s
             )
         except MembershipChanged:
+            self.core.metrics.barrier_wait_seconds.labels("membership_changed").observe(
+                time.perf_counter() - started
+            )
             view = await self.core.read_view()
             return pb.BarrierResponse(
                 header=self.header(view),
                 status=pb.BARRIER_STATUS_MEMBERSHIP_CHANGED,
                 barrier_generation=view.generation,
             )
+        self.core.metrics.barrier_wait_seconds.labels(outcome.status).observe(
+            time.perf_counter() - started
+        )
         return pb.BarrierResponse(
             header=self.header(await self.core.read_view()),
             status=_BARRIER_STATUS[outcome.status],
@@ -257,6 +273,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             response.replicas.add(id=c.replica_id, address=c.address, is_leader=c is candidates[0])
         for dataset in sorted(view.datasets.values(), key=lambda d: d.name):
             response.datasets.append(_dataset_pb(dataset))
+        for state in self.core.open_barriers(view):
+            response.open_barriers.add(
+                name=state.name,
+                generation=state.generation,
+                arrived=len(state.arrived),
+                expected=len(view.live_members()),
+            )
         for worker_id, record in sorted(view.members.items()):
             info = response.workers.add(
                 id=worker_id,
@@ -272,7 +295,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 info.step, info.samples_per_s = seen.step, seen.samples_per_s
             if record.alive:
                 for dataset in view.datasets.values():
-                    shards = self.core.assignment(view, dataset).get(worker_id, [])
+                    shards = (await self.core.assignment(view, dataset)).get(worker_id, [])
                     info.shard_counts[dataset.name] = len(shards)
         return response
 

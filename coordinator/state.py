@@ -8,6 +8,7 @@ as JSON, readable with ``etcdctl get --prefix``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -82,9 +83,18 @@ class ClusterView:
     datasets: Mapping[str, DatasetRecord] = field(default_factory=_frozen)  # type: ignore[arg-type]
     revision: int = 0
 
-    def live_members(self) -> dict[str, float]:
-        """Live member id → capacity: the input of ``dtr.ring.assign_shards``."""
-        return {w: m.capacity for w, m in sorted(self.members.items()) if m.alive}
+    @functools.cached_property
+    def _live(self) -> Mapping[str, float]:
+        return MappingProxyType({w: m.capacity for w, m in sorted(self.members.items()) if m.alive})
+
+    def live_members(self) -> Mapping[str, float]:
+        """Live member id → capacity: the input of ``dtr.ring.assign_shards``.
+
+        Computed once per view (views never change): it is on the path of every
+        GetShards and barrier arrival, and rebuilding it for 1,000 members per
+        call was half the leader's CPU (benchmarks/results/coordinator.md).
+        """
+        return self._live
 
     def replace(
         self,

@@ -128,6 +128,14 @@ def test_killing_the_leader_mid_barrier_loses_nothing(
             10.0,
             "two arrivals persisted",
         )
+    wait_until(
+        lambda: (
+            [(b.name, b.arrived, b.expected) for b in client.status().open_barriers]
+            == [("b1", 2, 4)]
+        ),
+        10.0,
+        "the half-full barrier in ClusterStatus",
+    )
     old = cluster.leader()
     old.kill()
     cluster.wait_new_leader(old, timeout_s=15.0)
