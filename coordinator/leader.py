@@ -197,7 +197,11 @@ class Coordinator:
             return "dead", self._view
         if incarnation and incarnation != record.incarnation:
             return "stale_incarnation", self._view
-        self._liveness[worker_id] = Liveness(self._clock(), step, samples_per_s)
+        seen = self._liveness.get(worker_id)
+        if seen is None:
+            self._liveness[worker_id] = Liveness(self._clock(), step, samples_per_s)
+        else:  # in place: this is the hot path of every beat
+            seen.last_seen, seen.step, seen.samples_per_s = self._clock(), step, samples_per_s
         return "ok", self._view
 
     async def deregister(self, worker_id: str, incarnation: int) -> bool:

@@ -78,7 +78,7 @@ def _handler(
             await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
             raise
         finally:
-            self.core.metrics.rpc_seconds.labels(name, code).observe(time.perf_counter() - started)
+            self.core.metrics.rpc(name, code).observe(time.perf_counter() - started)
 
     return wrapper
 

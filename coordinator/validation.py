@@ -208,19 +208,27 @@ def heartbeat(
     else:
         _require(msg, "beat", "beat")
         beat = msg.beat
-    progress = beat.checkpoint
     return Beat(
         worker_id=_name("beat.worker_id", beat.worker_id),
         incarnation=beat.incarnation,
         sequence=beat.sequence,
         step=_step("beat.step", beat.step),
         samples_per_s=_finite("beat.samples_per_s", beat.samples_per_s, 0.0, math.inf),
-        checkpoint=CheckpointProgressReport(
-            saves_in_flight=progress.saves_in_flight,
-            commits_queued=progress.commits_queued,
-            last_durable_step=_optional_step(progress, "last_durable_step", "beat.checkpoint"),
-            last_committed_step=_optional_step(progress, "last_committed_step", "beat.checkpoint"),
-        ),
+        checkpoint=_progress(beat) if beat.HasField("checkpoint") else _NO_PROGRESS,
+    )
+
+
+# Most beats carry no checkpoint report; the hot path then builds nothing.
+_NO_PROGRESS = CheckpointProgressReport(0, 0, None, None)
+
+
+def _progress(beat: pb.WorkerBeat) -> CheckpointProgressReport:
+    progress = beat.checkpoint
+    return CheckpointProgressReport(
+        saves_in_flight=progress.saves_in_flight,
+        commits_queued=progress.commits_queued,
+        last_durable_step=_optional_step(progress, "last_durable_step", "beat.checkpoint"),
+        last_committed_step=_optional_step(progress, "last_committed_step", "beat.checkpoint"),
     )
 
 
