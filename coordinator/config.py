@@ -54,7 +54,7 @@ class CoordinatorConfig:
     renew_deadline_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     heartbeat_interval_s: float = 1.0
-    etcd_timeout_s: float = 0.5
+    etcd_timeout_s: float = 0.2
     startup_timeout_s: float = 30.0
     shutdown_grace_s: float = 2.0
     metrics_port: int | None = None

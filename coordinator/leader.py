@@ -137,6 +137,7 @@ class Coordinator:
     # -- writing -----------------------------------------------------------------
     async def _write(self, planner: Callable[[ClusterView], WritePlan | None]) -> ClusterView:
         """Plan against the cached view and apply it fenced; re-plan on a stale view."""
+        failure: StoreUnavailable | None = None
         async with self._write_lock:
             for _ in range(_STALE_RETRIES):
                 term = await self._leading_term()
@@ -147,7 +148,12 @@ class Coordinator:
                     return await self._apply(term, plan)
                 except _StalePlan:
                     self._stale = True  # re-read the view, then re-plan
-            raise StoreUnavailable("etcd state kept changing under this write; retry")
+                except StoreUnavailable as err:
+                    # Outcome unknown (short per-request timeout): re-read and
+                    # re-plan at once; the plan's compares make a retry of a
+                    # write that did apply a no-op or a fresh, correct write.
+                    failure, self._stale = err, True
+            raise failure or StoreUnavailable("etcd state kept changing under this write; retry")
 
     async def _apply(self, term: Term, plan: WritePlan) -> ClusterView:
         try:
@@ -156,7 +162,7 @@ class Coordinator:
                     self.store.txn, [term.fence(), *plan.compares], plan.ops, [Get(term.key)]
                 )
         except StoreUnavailable:
-            self._term = None  # the outcome is unknown: re-read before the next write
+            self._stale = True  # the outcome is unknown: re-read before the next write
             raise
         if result.succeeded:
             moved = plan.view.generation != self._view.generation

@@ -40,14 +40,31 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _TermFilter(logging.Filter):
+    """Stamp every log line with the leader's term as this replica knows it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elector: Elector | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        leader = self.elector.leader() if self.elector is not None else None
+        record.term = leader.create_revision if leader is not None else "-"
+        return True
+
+
+_TERM_FILTER = _TermFilter()
+
+
 def serve(config: CoordinatorConfig) -> int:
     """Run a replica until SIGTERM/SIGINT; returns the exit status."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(_TERM_FILTER)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [term %(term)s] %(name)s: %(message)s")
         )
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
     return asyncio.run(_serve(config))
 
 
@@ -100,6 +117,7 @@ async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
         metrics.serve(config.metrics_port, host)
         _log.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
     coordinator = Coordinator(store, keys, config, elector, metrics=metrics)
+    _TERM_FILTER.elector = elector
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator, replica_id), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -96,7 +96,7 @@ COORDINATOR_OPTIONS = (
     EnvOption(
         "--etcd-timeout-s",
         "DTR_ETCD_TIMEOUT_S",
-        0.5,
+        0.2,
         float,
         "S",
         "deadline of one etcd request (a failed one moves to the next endpoint)",
