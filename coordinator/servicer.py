@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from dtr.errors import DtrError, MembershipChanged, NotFound, NotLeader
-from dtr.proto import LEADER_METADATA_KEY
+from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY, NOT_LEADER
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 
@@ -48,8 +48,11 @@ _BEAT_STATUS = {
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DtrError) -> None:
     """Answer ``err`` with its status code (and the leader hint for NOT_LEADER)."""
-    if isinstance(err, NotLeader) and err.leader_address:
-        context.set_trailing_metadata(((LEADER_METADATA_KEY, err.leader_address),))
+    if isinstance(err, NotLeader):
+        metadata = [(ERROR_KIND_METADATA_KEY, NOT_LEADER)]
+        if err.leader_address:
+            metadata.append((LEADER_METADATA_KEY, err.leader_address))
+        context.set_trailing_metadata(tuple(metadata))
     await context.abort(status_for(err), str(err))
 
 

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["LEADER_HEALTH_SERVICE", "LEADER_METADATA_KEY", "PROTO_PACKAGE", "SERVICE_NAME"]
+__all__ = [
+    "ERROR_KIND_METADATA_KEY",
+    "LEADER_HEALTH_SERVICE",
+    "LEADER_METADATA_KEY",
+    "NOT_LEADER",
+    "PROTO_PACKAGE",
+    "SERVICE_NAME",
+]
 
 #: The protobuf package of the protocol; a breaking change gets a new one (v2).
 PROTO_PACKAGE: Final = "dtr.v1"
@@ -32,6 +39,14 @@ SERVICE_NAME: Final = "dtr.v1.Coordinator"
 #: FAILED_PRECONDITION (the NOT-LEADER convention in ``coordinator.proto``).
 #: Absent when the replica knows no leader. gRPC metadata keys are lowercase.
 LEADER_METADATA_KEY: Final = "dtr-leader"
+
+#: The trailing-metadata key that says which dtr error a non-OK status is,
+#: where the status code alone is ambiguous. FAILED_PRECONDITION means both
+#: "not the leader, retry elsewhere" and "wrong job, do not retry"; a
+#: not-leader answer always carries ``dtr-error: not-leader``, with or without
+#: a leader hint, so a client's retry predicate can tell them apart.
+ERROR_KIND_METADATA_KEY: Final = "dtr-error"
+NOT_LEADER: Final = "not-leader"
 
 #: The gRPC health-check service name reported SERVING only by the leader, so
 #: a load balancer or ``grpc_health_probe`` can find the leader without dtr code.

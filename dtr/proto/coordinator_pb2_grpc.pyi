@@ -32,7 +32,10 @@ metadata key
 
 naming the current leader's advertised address (the key is absent when the
 replica knows no leader; the client then backs off and tries another
-replica). Python: dtr.proto.LEADER_METADATA_KEY. Clients retry the same
+replica), and always the trailing metadata `dtr-error: not-leader`, which
+tells this answer apart from other FAILED_PRECONDITION answers (a request
+for another job) that must not be retried. Python:
+dtr.proto.ERROR_KIND_METADATA_KEY and dtr.proto.NOT_LEADER. Python: dtr.proto.LEADER_METADATA_KEY. Clients retry the same
 request, unchanged, against that address; every mutating call is
 idempotent (keys below) so such a retry is always safe, even when the first
 attempt's outcome is unknown. Mutating calls: RegisterWorker, Heartbeat,

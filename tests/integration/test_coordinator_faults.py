@@ -24,6 +24,7 @@ from dtr.keys import JobKeys
 from dtr.proto import LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
+from dtr.retry import is_not_leader, is_retryable
 from dtr.store import EtcdStore, Put
 from helpers import wait_until
 
@@ -182,6 +183,7 @@ def test_a_paused_leader_is_fenced_after_it_wakes(cluster: LocalCluster, client:
         with pytest.raises(grpc.RpcError) as refused:
             queued.result()
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert is_not_leader(refused.value) and is_retryable(refused.value)
         # It may not know the new leader yet, but it never points clients at itself.
         hint = dict(refused.value.trailing_metadata() or ()).get(LEADER_METADATA_KEY)
         assert hint in (None, new.address)
@@ -342,6 +344,7 @@ def test_malformed_requests_name_the_field_and_the_replica_keeps_serving(
             client.call(method, make())
         assert refused.value.code() == code, (method, refused.value.details())
         assert refused.value.details().startswith(field), (method, refused.value.details())
+        assert not is_retryable(refused.value), method
     assert all(r.is_alive() for r in cluster.replicas)
     assert [w.id for w in client.status().workers] == ["w0"]
 
