@@ -402,7 +402,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = run(settings)
     meta: Result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

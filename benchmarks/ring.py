@@ -254,7 +254,7 @@ def main() -> None:
     trade_rows = [measure(c, deadline) for c in tradeoff_cases()]
     large = large_rows()
     meta: dict[str, object] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

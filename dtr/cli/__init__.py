@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from dtr.errors import DtrError
 
+from .config_file import CONFIG_ENV, config_values, load_config
 from .coordinator_command import add_coordinator_command
 from .etcd_command import add_etcd_command
 from .options import ENV_NOTE, TRUTHY, Parser, add_debug, apply_environment
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENV_NOTE,
     )
     add_debug(parser, default=False)
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=f"TOML file with option values [env {CONFIG_ENV}]",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_etcd_command(commands)
     add_coordinator_command(commands)
@@ -63,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     debug = debug or os.environ.get("DTR_DEBUG", "").lower() in TRUTHY
     try:
-        apply_environment(args, os.environ)
+        config_path = args.config or os.environ.get(CONFIG_ENV, "")
+        known = [o.flag.lstrip("-") for o in getattr(args, "env_options", [])]
+        config = config_values(load_config(config_path), args.command, known, config_path)
+        apply_environment(args, os.environ, config, config_path)
         return int(args.run(args))
     except (DtrError, OSError) as err:
         if debug:

@@ -3,8 +3,8 @@
 An option resolves as: command-line flag, else the ``DTR_*`` environment
 variable named in its help, else its default. argparse sees a default of
 None, so after parsing we can tell "not given" from "given the default" and
-fill in the environment (``apply_environment``); a config file will slot in
-between the environment and the defaults there.
+fill in the environment and then the config file (``apply_environment``,
+``config_file.py``).
 
 Nothing here imports more than the standard library: ``dtr --help`` must stay
 instant, and the converters below run before any command does real work.
@@ -20,8 +20,10 @@ from typing import NoReturn
 from dtr.errors import InvalidArgument
 
 ENV_NOTE = (
-    "Every option can also be set in the environment: its help names the "
-    "variable (DTR_...). A flag on the command line wins over the environment."
+    "Every option can also be set in the environment (its help names the "
+    "variable, DTR_...) or in a TOML config file given by --config or DTR_CONFIG "
+    "(keys are option names without dashes, at the top level or in a table named "
+    "after the command). A flag wins over the environment, which wins over the file."
 )
 TRUTHY = ("1", "true", "yes", "on")
 
@@ -78,12 +80,21 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[EnvOption]) -
     parser.set_defaults(env_options=list(options))
 
 
-def apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Fill options not given as flags from the environment, else their defaults."""
+def apply_environment(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    config: Mapping[str, str] | None = None,
+    config_path: str = "",
+) -> None:
+    """Fill options not given as flags from the environment, the config file, the defaults."""
+    config = config or {}
     for option in getattr(args, "env_options", []):
         if getattr(args, option.dest) is not None:
             continue
-        raw = environ.get(option.env, "")
+        name = option.flag.lstrip("-")
+        raw, source = environ.get(option.env, ""), option.env
+        if not raw and name in config:
+            raw, source = config[name], f"{name} in --config {config_path}"
         if not raw:
             if option.required:
                 raise InvalidArgument(f"{option.flag} is required (or set {option.env})")
@@ -92,7 +103,7 @@ def apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> N
         try:
             setattr(args, option.dest, option.convert(raw))
         except (ValueError, argparse.ArgumentTypeError) as err:
-            raise InvalidArgument(f"{option.env}={raw!r}: {err}") from err
+            raise InvalidArgument(f"{source}={raw!r}: {err}") from err
 
 
 def add_debug(parser: argparse.ArgumentParser, default: object) -> None:
