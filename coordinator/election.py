@@ -168,14 +168,15 @@ class Elector:
     def _run(self) -> None:
         while not self._stop.is_set():
             wait_s = self._interval_s
+            self._wake.clear()  # before the cycle: a change seen during it wakes the next
             try:
                 self._cycle()
             except StoreError as err:
                 _log.info("election: etcd: %s", err)
                 self._check_deadline()
                 wait_s = min(wait_s, _RETRY_S)  # etcd is back within a reconnect backoff
-            self._wake.wait(wait_s)
-            self._wake.clear()
+            if not self._stop.is_set():  # resign() may have consumed the wake-up
+                self._wake.wait(wait_s)
 
     def _cycle(self) -> None:
         if self._lease_id is None:
