@@ -82,6 +82,7 @@ class Elector:
         address: str,
         lease_ttl_s: int,
         renew_deadline_s: float,
+        keepalive_interval_s: float,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
@@ -90,7 +91,7 @@ class Elector:
         self._address = address
         self._ttl_s = lease_ttl_s
         self._deadline_s = renew_deadline_s
-        self._interval_s = min(lease_ttl_s, renew_deadline_s) / 3.0
+        self._interval_s = keepalive_interval_s
         self._on_change = on_change
         self._lock = threading.Lock()
         self._wake = threading.Event()

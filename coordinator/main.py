@@ -110,6 +110,7 @@ async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
         address=address,
         lease_ttl_s=config.lease_ttl_s,
         renew_deadline_s=config.renew_deadline_s,
+        keepalive_interval_s=config.keepalive_interval_s,
     )
     metrics = CoordinatorMetrics()
     if config.metrics_port is not None:

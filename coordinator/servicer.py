@@ -59,7 +59,7 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DtrError)
 def _handler(
     method: Callable[[CoordinatorServicer, Any, Any], Awaitable[_Response]],
 ) -> Callable[[CoordinatorServicer, Any, Any], Awaitable[_Response]]:
-    """Translate DtrError to a status; log anything else (the replica keeps serving)."""
+    """Check the job, map DtrError to a status, log anything else (the replica keeps serving)."""
 
     name = method.__name__
 
@@ -67,6 +67,7 @@ def _handler(
     async def wrapper(self: CoordinatorServicer, request: Any, context: Any) -> _Response:
         started, code = time.perf_counter(), "OK"
         try:
+            validation.job_of(request.header, self.job)  # every request has a header
             return await method(self, request, context)
         except DtrError as err:
             code = status_for(err).name
@@ -109,7 +110,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def RegisterWorker(
         self, request: pb.RegisterWorkerRequest, context: Any
     ) -> pb.RegisterWorkerResponse:
-        validation.job_of(request.header, self.job)
         wanted = validation.register_worker(request)
         worker_id = wanted.worker_id or f"w-{uuid.uuid4().hex[:12]}"
         record, view = await self.core.register_worker(
@@ -126,7 +126,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def _beat(
         self, request: pb.HeartbeatRequest | pb.HeartbeatStreamRequest
     ) -> tuple[pb.ResponseHeader, int, int]:
-        validation.job_of(request.header, self.job)
         beat = validation.heartbeat(request)
         status, view = await self.core.heartbeat(
             beat.worker_id, beat.incarnation, beat.step, beat.samples_per_s
@@ -148,6 +147,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[pb.HeartbeatStreamResponse]:
         try:
             async for request in request_iterator:
+                validation.job_of(request.header, self.job)  # not wrapped by _handler
                 header, status, sequence = await self._beat(request)
                 yield pb.HeartbeatStreamResponse(
                     header=header,
@@ -162,7 +162,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def Deregister(
         self, request: pb.DeregisterRequest, context: Any
     ) -> pb.DeregisterResponse:
-        validation.job_of(request.header, self.job)
         leaving = validation.deregister(request)
         removed = await self.core.deregister(leaving.worker_id, leaving.incarnation or 0)
         _log.info("worker %s deregistered (%s)", leaving.worker_id, leaving.reason)
@@ -175,7 +174,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def RegisterDataset(
         self, request: pb.RegisterDatasetRequest, context: Any
     ) -> pb.RegisterDatasetResponse:
-        validation.job_of(request.header, self.job)
         spec = validation.register_dataset(request)
         wanted = DatasetRecord(spec.name, spec.num_shards, spec.vnodes, spec.load_factor)
         stored, created = await self.core.register_dataset(wanted)
@@ -187,7 +185,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @_handler
     async def GetShards(self, request: pb.GetShardsRequest, context: Any) -> pb.GetShardsResponse:
-        validation.job_of(request.header, self.job)
         query = validation.get_shards(request)
         view = await self.core.read_view()
         dataset = view.datasets.get(query.dataset)
@@ -211,7 +208,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     # -- barriers ----------------------------------------------------------------
     @_handler
     async def Barrier(self, request: pb.BarrierRequest, context: Any) -> pb.BarrierResponse:
-        validation.job_of(request.header, self.job)
         arrival = validation.barrier(request)
         wait_s = min(arrival.timeout_s or MAX_LONG_POLL_S, MAX_LONG_POLL_S)
         started = time.perf_counter()
@@ -261,7 +257,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def ClusterStatus(
         self, request: pb.ClusterStatusRequest, context: Any
     ) -> pb.ClusterStatusResponse:
-        validation.job_of(request.header, self.job)
         view = await self.core.read_view()
         candidates = self.core.elector.candidates()
         response = pb.ClusterStatusResponse(
