@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,etcd,docker
+EXTRAS ?= dev,etcd,docker,torch
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: help install proto lint typecheck unit integration test bench etcd clean
@@ -56,6 +56,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(PY) benchmarks/ring.py
 	$(PY) benchmarks/coordinator.py
+	$(PY) benchmarks/worker.py
 
 etcd: $(STAMP)
 	$(VENV)/bin/dtr etcd

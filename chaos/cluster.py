@@ -81,21 +81,27 @@ class LocalCluster:
         extra_args: Sequence[str] = (),
         startup_timeout_s: float = 60.0,
         ports: Sequence[int] | None = None,
+        advertise_ports: Sequence[int] | None = None,
         work_dir: Path | None = None,
     ) -> LocalCluster:
         """Start etcd (unless ``etcd`` is given) and ``replicas`` replicas; wait until all serve.
 
         Replica ``i`` is ``replica-<i>`` on ``ports[i]`` (default: free
         loopback ports), logging to ``work_dir/replica-<i>.log`` (default: a
-        temporary directory removed by ``stop()``). ``extra_args`` are more
-        ``dtr coordinator`` flags. On any failure nothing started is left
-        running, and the error carries the failing replica's log tail.
+        temporary directory removed by ``stop()``). With ``advertise_ports``,
+        replica ``i`` advertises ``127.0.0.1:advertise_ports[i]`` instead of
+        its own address (a ``TcpProxy`` in front of it, say): workers given
+        ``coordinators`` and the leader hints go there, while the probes here
+        dial the replicas. ``extra_args`` are more ``dtr coordinator`` flags.
+        On any failure nothing started is left running, and the error carries
+        the failing replica's log tail.
         """
         if replicas < 1:
             raise InvalidArgument(f"replicas must be at least 1; got {replicas}")
         chosen = list(ports) if ports is not None else pick_free_ports(replicas)
         if len(chosen) != replicas:
             raise InvalidArgument(f"ports must name {replicas} ports; got {len(chosen)}")
+        advertised = _advertised_addresses(advertise_ports, replicas)
         options = [
             *("--job", validate_name("job", job), "--lease-ttl-s", str(lease_ttl_s)),
             *("--renew-deadline-s", str(renew_deadline_s)),
@@ -113,8 +119,10 @@ class LocalCluster:
         options = ["--etcd", ",".join(endpoints), *options]
         cluster = cls(
             [
-                CoordinatorProcess(f"replica-{i}", port, options, root / f"replica-{i}.log")
-                for i, port in enumerate(chosen)
+                CoordinatorProcess(
+                    f"replica-{i}", port, options, root / f"replica-{i}.log", advertise=advertise
+                )
+                for i, (port, advertise) in enumerate(zip(chosen, advertised, strict=True))
             ],
             job=job,
             etcd_endpoints=endpoints,
@@ -139,13 +147,17 @@ class LocalCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        """The replicas' ``127.0.0.1:PORT`` addresses, in replica order."""
+        """The replicas' own ``127.0.0.1:PORT`` listen addresses, in replica order."""
         return [r.address for r in self.replicas]
 
     @property
     def coordinators(self) -> str:
-        """The addresses comma-joined: the value of ``DTR_COORDINATORS``."""
-        return ",".join(self.endpoints)
+        """The advertised addresses comma-joined: what a worker is given (``DTR_COORDINATORS``).
+
+        The same as ``endpoints`` unless the cluster started with
+        ``advertise_ports``.
+        """
+        return ",".join(r.advertised_address for r in self.replicas)
 
     @property
     def etcd_urls(self) -> list[str]:
@@ -286,6 +298,18 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return f"LocalCluster(job={self.job!r}, endpoints={self.endpoints!r})"
+
+
+def _advertised_addresses(ports: Sequence[int] | None, replicas: int) -> list[str | None]:
+    """Per replica, the ``127.0.0.1:PORT`` it advertises; None: its own address."""
+    if ports is None:
+        return [None] * replicas
+    if len(ports) != replicas:
+        raise InvalidArgument(f"advertise_ports must name {replicas} ports; got {len(ports)}")
+    for port in ports:
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"advertise_ports must be in [1, 65535]; got {port}")
+    return [f"{LOOPBACK}:{port}" for port in ports]
 
 
 def _endpoints_of(etcd: RunningEtcd | str | Sequence[str] | None) -> list[str]:

@@ -56,14 +56,26 @@ def _child_environment() -> dict[str, str]:
 class CoordinatorProcess:
     """One coordinator replica as a child process, and the means to hurt it."""
 
-    def __init__(self, replica_id: str, port: int, options: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        port: int,
+        options: Sequence[str],
+        log_path: Path,
+        *,
+        advertise: str | None = None,
+    ) -> None:
         """Describe a replica listening on ``127.0.0.1:port``; ``start()`` runs it.
 
-        ``options`` are the ``dtr coordinator`` flags besides ``--listen`` and
-        ``--replica-id``; the command line is the same on every (re)start.
+        ``options`` are the ``dtr coordinator`` flags besides ``--listen``,
+        ``--advertise`` and ``--replica-id``; the command line is the same on
+        every (re)start. ``advertise`` (``HOST:PORT``) is the address the
+        replica publishes instead of its own, for example a ``TcpProxy`` in
+        front of it; probes here still dial the replica itself.
         """
         self.replica_id = validate_name("replica_id", replica_id)
         self.port = port
+        self.advertise = advertise
         self.log_path = log_path
         self._options = list(options)
         self._process: subprocess.Popen[bytes] | None = None
@@ -73,21 +85,21 @@ class CoordinatorProcess:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``: what clients dial, and what the replica advertises."""
+        """``127.0.0.1:PORT``: where the replica listens, and what the probes here dial."""
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    def advertised_address(self) -> str:
+        """What the replica publishes (leader hints, ``ClusterStatus``) and workers dial."""
+        return self.advertise if self.advertise is not None else self.address
+
+    @property
     def argv(self) -> list[str]:
+        advertise = ["--advertise", self.advertise] if self.advertise is not None else []
         return [
-            sys.executable,
-            "-m",
-            "dtr",
-            "coordinator",
-            "--listen",
-            self.address,
-            "--replica-id",
-            self.replica_id,
-            *self._options,
+            *(sys.executable, "-m", "dtr", "coordinator"),
+            *("--listen", self.address, *advertise),
+            *("--replica-id", self.replica_id, *self._options),
         ]
 
     @property

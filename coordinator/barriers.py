@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dtr.errors import MembershipChanged, NotFound
+from dtr.errors import MembershipChanged, UnknownWorker
 from dtr.keys import JobKeys
 from dtr.store import Compare, Get, Op, Put
 
@@ -120,7 +120,7 @@ def encode_arrival(generation: int) -> bytes:
 def check_arrival(view: ClusterView, worker_id: str, believed_generation: int) -> None:
     """Only live members arrive, and only for the generation the job is at."""
     if worker_id not in view.live_members():
-        raise NotFound(
+        raise UnknownWorker(
             f"worker_id: {worker_id!r} is not a live member of generation "
             f"{view.generation}; register it first"
         )

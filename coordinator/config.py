@@ -43,6 +43,8 @@ class CoordinatorConfig:
     - ``heartbeat_timeout_s``: a worker silent this long is declared dead.
     - ``etcd_timeout_s``: one etcd request; short, because the caller retries
       at once on the next endpoint.
+    - ``keep_checkpoints``: how many complete checkpoint steps keep their
+      records; older and abandoned steps are deleted by the leader.
     """
 
     etcd_endpoints: tuple[str, ...]
@@ -57,6 +59,7 @@ class CoordinatorConfig:
     etcd_timeout_s: float = 0.2
     startup_timeout_s: float = 30.0
     shutdown_grace_s: float = 2.0
+    keep_checkpoints: int = 3
     metrics_port: int | None = None
 
     def __post_init__(self) -> None:
@@ -92,6 +95,14 @@ class CoordinatorConfig:
         _require("etcd_timeout_s", self.etcd_timeout_s, 0.0, 60.0)
         _require("startup_timeout_s", self.startup_timeout_s, 0.0, 3600.0)
         _require("shutdown_grace_s", self.shutdown_grace_s, -1.0, 600.0)
+        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int):
+            raise InvalidArgument(
+                f"keep_checkpoints must be an integer; got {self.keep_checkpoints!r}"
+            )
+        if not 1 <= self.keep_checkpoints <= 1000:
+            raise InvalidArgument(
+                f"keep_checkpoints must be in [1, 1000]; got {self.keep_checkpoints}"
+            )
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise InvalidArgument(f"metrics_port must be in [1, 65535]; got {self.metrics_port}")
 

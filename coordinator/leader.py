@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from dtr.errors import CoordinatorUnavailable, DtrError, NotLeader, StoreUnavailable
@@ -34,6 +34,17 @@ from .barriers import (
     plan_arrivals,
     reopened,
 )
+from .checkpoints import (
+    CheckpointBook,
+    CommitDecision,
+    CompleteRecord,
+    PartRecord,
+    decode_step,
+    plan_commit,
+    read_latest,
+    retention_ops,
+    step_reads,
+)
 from .config import CoordinatorConfig
 from .election import Elector, Term
 from .membership import (
@@ -46,6 +57,7 @@ from .membership import (
 )
 from .metrics import CoordinatorMetrics
 from .state import ClusterView, DatasetRecord, MemberRecord, load_view
+from .validation import CheckpointCommit, CheckpointProgressReport
 
 _log = logging.getLogger(__name__)
 _STALE_RETRIES = 3
@@ -59,6 +71,7 @@ class Liveness:
     last_seen: float
     step: int = 0
     samples_per_s: float = 0.0
+    checkpoint: CheckpointProgressReport | None = None
 
 
 class _StalePlan(Exception):
@@ -94,6 +107,8 @@ class Coordinator:
         self._stale = False
         self.barriers = Barriers(keys)
         self._flusher: asyncio.Task[None] | None = None
+        self.checkpoints = CheckpointBook()
+        self._retention: asyncio.Task[None] | None = None
 
     # -- leadership --------------------------------------------------------------
     def not_leader(self) -> NotLeader:
@@ -128,6 +143,7 @@ class Coordinator:
             )
         else:
             self.barriers.reset(None)
+        self.checkpoints.reset()
         self._view, self._term, self._stale = view, term, False
 
     @property
@@ -135,12 +151,22 @@ class Coordinator:
         return self.elector.current_term() is not None
 
     # -- writing -----------------------------------------------------------------
-    async def _write(self, planner: Callable[[ClusterView], WritePlan | None]) -> ClusterView:
-        """Plan against the cached view and apply it fenced; re-plan on a stale view."""
+    async def _write(
+        self,
+        planner: Callable[[ClusterView], WritePlan | None],
+        prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> ClusterView:
+        """Plan against the cached view and apply it fenced; re-plan on a stale view.
+
+        ``prepare`` runs under the write lock before each planning, to load
+        (after a stale view: reload) state the planner needs besides the view.
+        """
         failure: StoreUnavailable | None = None
         async with self._write_lock:
             for _ in range(_STALE_RETRIES):
                 term = await self._leading_term()
+                if prepare is not None:
+                    await prepare()
                 plan = planner(self._view)
                 if plan is None:
                     return self._view
@@ -192,7 +218,12 @@ class Coordinator:
         return view.members[worker_id], view
 
     async def heartbeat(
-        self, worker_id: str, incarnation: int, step: int, samples_per_s: float
+        self,
+        worker_id: str,
+        incarnation: int,
+        step: int,
+        samples_per_s: float,
+        checkpoint: CheckpointProgressReport | None = None,
     ) -> tuple[str, ClusterView]:
         """Record a beat in memory; returns "ok", "unknown", "dead" or "stale_incarnation"."""
         await self._leading_term()
@@ -205,9 +236,10 @@ class Coordinator:
             return "stale_incarnation", self._view
         seen = self._liveness.get(worker_id)
         if seen is None:
-            self._liveness[worker_id] = Liveness(self._clock(), step, samples_per_s)
+            self._liveness[worker_id] = Liveness(self._clock(), step, samples_per_s, checkpoint)
         else:  # in place: this is the hot path of every beat
             seen.last_seen, seen.step, seen.samples_per_s = self._clock(), step, samples_per_s
+            seen.checkpoint = checkpoint
         return "ok", self._view
 
     async def deregister(self, worker_id: str, incarnation: int) -> bool:
@@ -294,6 +326,55 @@ class Coordinator:
         view = await self._write(planner)
         if written:
             self.barriers.on_written(written[-1], view)
+
+    # -- checkpoints -------------------------------------------------------------
+    async def commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:
+        """Record one part (or answer DUPLICATE / SUPERSEDED); completes the step when due."""
+        decisions: list[CommitDecision] = []
+
+        async def load() -> None:
+            book, reads = self.checkpoints, step_reads(self.keys, commit.step)
+            if book.loaded and commit.step in book.steps:
+                return
+            result = await asyncio.to_thread(
+                self.store.txn, [], [*reads, Get(self.keys.latest_checkpoint)]
+            )
+            parts, complete, latest = (r if isinstance(r, tuple) else () for r in result.results)
+            book.steps[commit.step] = decode_step(commit.step, parts, complete)
+            book.latest = CompleteRecord.decode(latest[0].value) if latest else None
+            book.loaded = True
+
+        def planner(view: ClusterView) -> WritePlan | None:
+            book = self.checkpoints
+            decisions[:] = [
+                plan_commit(self.keys, view, book.steps[commit.step], book.latest, commit)
+            ]
+            return decisions[0].plan
+
+        await self._write(planner, load)
+        decision = decisions[-1]
+        if decision.plan is not None:
+            self.checkpoints.on_applied(decision)
+            if decision.step_complete and (self._retention is None or self._retention.done()):
+                self._retention = asyncio.create_task(self._retain())
+        return decision
+
+    async def _retain(self) -> None:
+        """Delete records of complete steps beyond the newest K, and of abandoned steps."""
+        keep = self.config.keep_checkpoints
+        try:
+            ops = await asyncio.to_thread(retention_ops, self.store, self.keys, keep)
+            if ops:
+                await self._write(lambda v: WritePlan((), tuple(ops), v))
+                _log.info("checkpoint retention: %d deletions", len(ops))
+        except DtrError as err:  # retried after the next complete step
+            _log.warning("checkpoint retention failed: %s", err)
+
+    async def latest_checkpoint(
+        self, before_step: int | None
+    ) -> tuple[CompleteRecord, list[PartRecord]] | None:
+        """The newest complete step (below ``before_step``) and its parts; any replica."""
+        return await asyncio.to_thread(read_latest, self.store, self.keys, before_step)
 
     # -- reads (any replica) -----------------------------------------------------
     async def read_view(self) -> ClusterView:

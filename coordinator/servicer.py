@@ -18,15 +18,17 @@ from typing import Any, TypeVar
 
 import grpc
 
-from dtr.errors import DtrError, MembershipChanged, NotFound, NotLeader
-from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY, NOT_LEADER
+from dtr.errors import DtrError, MembershipChanged, NotFound, NotLeader, UnknownWorker
+from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 
 from . import validation
+from .checkpoints import PartRecord
 from .leader import Coordinator
 from .state import ClusterView, DatasetRecord
 from .status_codes import status_for
+from .validation import CheckpointProgressReport
 
 _log = logging.getLogger(__name__)
 _Response = TypeVar("_Response")
@@ -44,14 +46,20 @@ _BEAT_STATUS = {
     "dead": pb.WORKER_STATUS_DEAD,
     "stale_incarnation": pb.WORKER_STATUS_STALE_INCARNATION,
 }
+_COMMIT_STATUS = {
+    "accepted": pb.COMMIT_STATUS_ACCEPTED,
+    "duplicate": pb.COMMIT_STATUS_DUPLICATE,
+    "superseded": pb.COMMIT_STATUS_SUPERSEDED,
+}
+_CHECKSUM_ALGORITHM = {name: value for value, name in validation.ALGORITHMS.items()}
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DtrError) -> None:
     """Answer ``err`` with its status code (and the leader hint for NOT_LEADER)."""
-    if isinstance(err, NotLeader):
-        metadata = [(ERROR_KIND_METADATA_KEY, NOT_LEADER)]
-        if err.leader_address:
-            metadata.append((LEADER_METADATA_KEY, err.leader_address))
+    metadata = [(ERROR_KIND_METADATA_KEY, err.kind)] if err.kind else []
+    if isinstance(err, NotLeader) and err.leader_address:
+        metadata.append((LEADER_METADATA_KEY, err.leader_address))
+    if metadata:
         context.set_trailing_metadata(tuple(metadata))
     await context.abort(status_for(err), str(err))
 
@@ -128,7 +136,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> tuple[pb.ResponseHeader, int, int]:
         beat = validation.heartbeat(request)
         status, view = await self.core.heartbeat(
-            beat.worker_id, beat.incarnation, beat.step, beat.samples_per_s
+            beat.worker_id, beat.incarnation, beat.step, beat.samples_per_s, beat.checkpoint
         )
         return self.header(view), _BEAT_STATUS[status], beat.sequence
 
@@ -192,17 +200,20 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             raise NotFound(f"dataset: no dataset named {query.dataset!r}; register it first")
         members = view.live_members()
         if query.worker_id not in members:
-            raise NotFound(
+            raise UnknownWorker(
                 f"worker_id: {query.worker_id!r} is not a live member of generation "
                 f"{view.generation}; register it first"
             )
-        shards = (await self.core.assignment(view, dataset)).get(query.worker_id, [])
+        assignment = await self.core.assignment(view, dataset)
+        counts = [len(assignment.get(member, ())) for member in members]
         return pb.GetShardsResponse(
             header=self.header(view),
-            shard_ids=shards,
+            shard_ids=assignment.get(query.worker_id, []),
             generation=view.generation,
             num_shards=dataset.num_shards,
             num_members=len(members),
+            max_member_shards=max(counts),
+            min_member_shards=min(counts),
         )
 
     # -- barriers ----------------------------------------------------------------
@@ -237,20 +248,46 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             missing_worker_ids=outcome.missing,
         )
 
-    # -- not built yet (the checkpoint issue) -------------------------------------
+    # -- checkpoints ---------------------------------------------------------------
+    @_handler
     async def CommitCheckpoint(
         self, request: pb.CommitCheckpointRequest, context: Any
     ) -> pb.CommitCheckpointResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CommitCheckpoint: not implemented yet")
-        raise AssertionError("unreachable")
+        commit = validation.commit_checkpoint(request)
+        decision = await self.core.commit_checkpoint(commit)
+        if decision.status == "accepted":
+            _log.info(
+                "checkpoint step %d: part of %s recorded%s",
+                commit.step,
+                commit.worker_id,
+                "; step complete" if decision.step_complete else "",
+            )
+        response = pb.CommitCheckpointResponse(
+            header=self.header(await self.core.read_view()),
+            status=_COMMIT_STATUS[decision.status],
+            step_complete=decision.step_complete,
+        )
+        if decision.latest is not None:
+            response.latest_complete_step = decision.latest.step
+        return response
 
+    @_handler
     async def GetLatestCheckpoint(
         self, request: pb.GetLatestCheckpointRequest, context: Any
     ) -> pb.GetLatestCheckpointResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "GetLatestCheckpoint: not implemented yet"
+        query = validation.get_latest_checkpoint(request)
+        found = await self.core.latest_checkpoint(query.before_step)
+        header = self.header(await self.core.read_view())
+        if found is None:
+            return pb.GetLatestCheckpointResponse(header=header, has_checkpoint=False)
+        complete, parts = found
+        return pb.GetLatestCheckpointResponse(
+            header=header,
+            has_checkpoint=True,
+            step=complete.step,
+            generation=complete.generation,
+            parts=[_part_pb(p) for p in parts],
         )
-        raise AssertionError("unreachable")
 
     # -- status ------------------------------------------------------------------
     @_handler
@@ -291,10 +328,20 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             if seen is not None:
                 info.last_heartbeat_age_s = max(0.0, self.core.age_s(seen))
                 info.step, info.samples_per_s = seen.step, seen.samples_per_s
+                if seen.checkpoint is not None:
+                    info.checkpoint.CopyFrom(_progress_pb(seen.checkpoint))
             if record.alive:
                 for dataset in view.datasets.values():
                     shards = (await self.core.assignment(view, dataset)).get(worker_id, [])
                     info.shard_counts[dataset.name] = len(shards)
+        latest = await self.core.latest_checkpoint(None)
+        if latest is not None:
+            complete, _parts = latest
+            response.latest_checkpoint.CopyFrom(
+                pb.CheckpointSummary(
+                    step=complete.step, generation=complete.generation, worker_ids=complete.workers
+                )
+            )
         return response
 
 
@@ -303,3 +350,30 @@ def _dataset_pb(record: DatasetRecord) -> pb.Dataset:
     if record.load_factor is not None:
         message.load_factor = record.load_factor
     return message
+
+
+def _part_pb(record: PartRecord) -> pb.WorkerCheckpointPart:
+    return pb.WorkerCheckpointPart(
+        worker_id=record.worker_id,
+        part=pb.CheckpointPart(
+            uri=record.uri,
+            size_bytes=record.size_bytes,
+            checksum=pb.Checksum(
+                algorithm=_CHECKSUM_ALGORITHM[record.algorithm], hex_digest=record.hex_digest
+            ),
+            format_version=record.format_version,
+            manifest_uri=record.manifest_uri or "",
+            replicated=record.replicated,
+        ),
+    )
+
+
+def _progress_pb(report: CheckpointProgressReport) -> pb.CheckpointProgress:
+    progress = pb.CheckpointProgress(
+        saves_in_flight=report.saves_in_flight, commits_queued=report.commits_queued
+    )
+    if report.last_durable_step is not None:
+        progress.last_durable_step = report.last_durable_step
+    if report.last_committed_step is not None:
+        progress.last_committed_step = report.last_committed_step
+    return progress

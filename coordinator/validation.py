@@ -58,7 +58,7 @@ MAX_DETAIL_CHARS = 4096
 
 _SHOWN_CHARS = 60
 _LOWER_HEX = re.compile(r"[0-9a-f]*")
-_ALGORITHMS = {
+ALGORITHMS = {
     pb.CHECKSUM_ALGORITHM_SHA256: "sha256",
     pb.CHECKSUM_ALGORITHM_CRC32C: "crc32c",
     pb.CHECKSUM_ALGORITHM_BLAKE2B: "blake2b",
@@ -319,7 +319,7 @@ def _checksum(part: pb.CheckpointPart) -> tuple[str, str]:
     """(algorithm name, digest): a loader can only verify a digest whose algorithm it knows."""
     _require(part, "checksum", "part.checksum")
     checksum = part.checksum
-    algorithm = _ALGORITHMS.get(checksum.algorithm)
+    algorithm = ALGORITHMS.get(checksum.algorithm)
     if algorithm is None:
         rule = f"must be one of {', '.join(sorted(HEX_DIGEST_CHARS))}"
         raise _invalid("part.checksum.algorithm", rule, checksum.algorithm)

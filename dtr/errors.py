@@ -8,9 +8,19 @@ message says what went wrong and what to do about it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class DtrError(Exception):
-    """Root of every error dtr raises on purpose."""
+    """Root of every error dtr raises on purpose.
+
+    ``kind``, where set, travels with the gRPC status as the trailing metadata
+    ``dtr-error`` (``dtr.proto.ERROR_KIND_METADATA_KEY``): it tells apart
+    errors that share a status code (FAILED_PRECONDITION is both "not the
+    leader" and "wrong job"), so the worker client re-raises the exact type.
+    """
+
+    kind: ClassVar[str | None] = None
 
 
 class InvalidArgument(DtrError, ValueError):
@@ -25,8 +35,19 @@ class AlreadyExists(DtrError):
     """An object exists with different, conflicting attributes."""
 
 
+class UnknownWorker(NotFound):
+    """The worker is not a live member: never registered, deregistered or declared dead.
+
+    A worker that gets this re-registers (a new incarnation) and retries.
+    """
+
+    kind = "unknown-worker"
+
+
 class NotLeader(DtrError):
     """A mutating call reached a replica that is not the leader."""
+
+    kind = "not-leader"
 
     def __init__(self, message: str, leader_address: str | None = None) -> None:
         super().__init__(message)
@@ -40,9 +61,23 @@ class WrongJob(DtrError):
     cluster fails at once instead of joining (and training in) another job.
     """
 
+    kind = "wrong-job"
+
 
 class CoordinatorUnavailable(DtrError):
     """No coordinator answered within the operation's deadline."""
+
+
+class CoordinatorError(DtrError):
+    """A coordinator failed a call in a way no retry fixes (INTERNAL, UNIMPLEMENTED, …)."""
+
+
+class WorkerSuperseded(DtrError):
+    """A newer incarnation of this worker id registered; this process must stop.
+
+    Typically the old half of a restart that did not die: it must not train on
+    shards that now belong to its successor.
+    """
 
 
 class MembershipChanged(DtrError):

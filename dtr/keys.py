@@ -16,6 +16,7 @@ Layout (``<J>`` = ``<root>/jobs/<job>``)::
     <J>/barriers/<barrier>/state           barrier round, expected members, release
     <J>/barriers/<barrier>/arrivals/<worker id>
     <J>/checkpoints/steps/<step, 20 digits>/<worker id>   commit records
+    <J>/checkpoints/complete/<step, 20 digits>   a complete step: generation, workers
     <J>/checkpoints/latest                 the latest complete step
 
 Steps are zero-padded so that etcd's byte order is numeric order.
@@ -149,6 +150,13 @@ class JobKeys:
 
     def checkpoint_commit(self, step: int, worker_id: str) -> str:
         return self.checkpoint_step_prefix(step) + validate_name("worker_id", worker_id)
+
+    @property
+    def checkpoint_complete_prefix(self) -> str:
+        return f"{self.prefix}checkpoints/complete/"
+
+    def checkpoint_complete(self, step: int) -> str:
+        return f"{self.checkpoint_complete_prefix}{validate_step(step):0{_STEP_DIGITS}d}"
 
     @property
     def latest_checkpoint(self) -> str:

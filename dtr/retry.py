@@ -104,12 +104,15 @@ def call_with_retry(
     operation: str,
     policy: RetryPolicy | None = None,
     logger: logging.Logger = _log,
+    sleep: Callable[[float], None] | None = None,
 ) -> _T:
     """Run ``call`` until it succeeds, fails for good, or the deadline passes.
 
     The last error is re-raised as it is (the caller translates it into a
     ``dtr.errors`` type); a retryable error still failing at the deadline
-    means no coordinator could be reached in time.
+    means no coordinator could be reached in time. ``sleep`` replaces
+    ``time.sleep`` between attempts, for a background loop that must wake up
+    when it is told to stop (``threading.Event.wait``).
     """
     policy = policy or RetryPolicy()
 
@@ -132,5 +135,6 @@ def call_with_retry(
         stop=tenacity.stop_after_delay(policy.deadline_s),
         before_sleep=log_sleep,
         reraise=True,
+        sleep=sleep if sleep is not None else tenacity.nap.sleep,
     )
     return retrying(call)

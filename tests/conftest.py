@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3_server import s3_server  # noqa: F401
 
 from dtr.errors import EtcdBinaryNotFound, EtcdError
 from dtr.etcd import (

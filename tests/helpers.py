@@ -6,10 +6,19 @@ Tests wait for a condition with a deadline, never for a fixed time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+
+from dtr.chaos.cluster import LocalCluster
+from dtr.chaos.proxy import TcpProxy
+from dtr.etcd import RunningEtcd, pick_free_ports
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -28,3 +37,57 @@ def is_process_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+class StatusError(grpc.RpcError):
+    """An RpcError value shaped like the ones grpc raises (not a stand-in for a server).
+
+    For unit tests of the code that reads status codes and trailing metadata.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str = "", metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self._code, self._details, self._metadata = code, details or code.name, metadata
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+@dataclass
+class ProxiedCluster:
+    """A local cluster whose replica ``i`` advertises (and is reached through) ``proxies[i]``."""
+
+    cluster: LocalCluster
+    proxies: list[TcpProxy]
+
+
+@contextmanager
+def proxied_cluster(etcd: RunningEtcd, replicas: int, **options: Any) -> Iterator[ProxiedCluster]:
+    """Replicas of a fresh job on ``etcd``, each behind a ``TcpProxy`` it advertises.
+
+    Clients given ``cluster.coordinators`` and every ``dtr-leader`` hint go
+    through the proxies, so blackholing them cuts those clients off while the
+    launcher's own probes still reach the replicas.
+    """
+    ports = pick_free_ports(2 * replicas)  # one call: no port handed out twice
+    listen, fronts = ports[:replicas], ports[replicas:]
+    proxies = [
+        TcpProxy(f"127.0.0.1:{port}", listen_port=front).start()
+        for port, front in zip(listen, fronts, strict=True)
+    ]
+    try:
+        options.setdefault("job", f"proxied-{uuid.uuid4().hex[:10]}")
+        with LocalCluster.start(
+            replicas=replicas, etcd=etcd, ports=listen, advertise_ports=fronts, **options
+        ) as cluster:
+            yield ProxiedCluster(cluster, proxies)
+    finally:
+        for proxy in proxies:
+            proxy.close()

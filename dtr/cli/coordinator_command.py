@@ -118,6 +118,14 @@ COORDINATOR_OPTIONS = (
         "on SIGTERM, how long in-flight calls may finish",
     ),
     EnvOption(
+        "--keep-checkpoints",
+        "DTR_KEEP_CHECKPOINTS",
+        3,
+        int,
+        "K",
+        "keep the records of the newest K complete checkpoint steps (older ones are deleted)",
+    ),
+    EnvOption(
         "--metrics-port",
         "DTR_METRICS_PORT",
         None,
@@ -141,6 +149,7 @@ FIELD_FLAGS = {
     "etcd_timeout_s": "--etcd-timeout-s",
     "startup_timeout_s": "--startup-timeout-s",
     "shutdown_grace_s": "--shutdown-grace-s",
+    "keep_checkpoints": "--keep-checkpoints",
     "metrics_port": "--metrics-port",
 }
 _FIELD_WORD = re.compile(r"\b(" + "|".join(sorted(FIELD_FLAGS, key=len, reverse=True)) + r")\b")
@@ -185,6 +194,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             etcd_timeout_s=args.etcd_timeout_s,
             startup_timeout_s=args.startup_timeout_s,
             shutdown_grace_s=args.shutdown_grace_s,
+            keep_checkpoints=args.keep_checkpoints,
             metrics_port=args.metrics_port,
         )
     except InvalidArgument as err:

@@ -302,18 +302,22 @@ class GetShardsRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class GetShardsResponse(_message.Message):
-    __slots__ = ("header", "shard_ids", "generation", "num_shards", "num_members")
+    __slots__ = ("header", "shard_ids", "generation", "num_shards", "num_members", "max_member_shards", "min_member_shards")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SHARD_IDS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     NUM_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMBER_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEMBER_SHARDS_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     shard_ids: _containers.RepeatedScalarFieldContainer[int]
     generation: int
     num_shards: int
     num_members: int
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., shard_ids: _Optional[_Iterable[int]] = ..., generation: _Optional[int] = ..., num_shards: _Optional[int] = ..., num_members: _Optional[int] = ...) -> None: ...
+    max_member_shards: int
+    min_member_shards: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., shard_ids: _Optional[_Iterable[int]] = ..., generation: _Optional[int] = ..., num_shards: _Optional[int] = ..., num_members: _Optional[int] = ..., max_member_shards: _Optional[int] = ..., min_member_shards: _Optional[int] = ...) -> None: ...
 
 class BarrierRequest(_message.Message):
     __slots__ = ("header", "name", "worker_id", "generation", "timeout_s")

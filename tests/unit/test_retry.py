@@ -10,28 +10,13 @@ import pytest
 from dtr.errors import CoordinatorUnavailable, InvalidArgument, NotFound, NotLeader
 from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY, NOT_LEADER
 from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, is_retryable, status_code
+from helpers import StatusError
 
 RETRIED = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-
-
-class StatusError(grpc.RpcError):
-    """An RpcError value shaped like the ones grpc raises (not a stand-in for a server)."""
-
-    def __init__(self, code: grpc.StatusCode, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self._code, self._metadata = code, metadata
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._code.name
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
 
 
 @pytest.mark.parametrize("code", list(grpc.StatusCode), ids=lambda c: c.name)
@@ -44,13 +29,13 @@ def test_every_status_code_is_retried_only_if_another_attempt_can_succeed(
 def test_a_not_leader_answer_is_retried_with_or_without_a_hint() -> None:
     marker = ((ERROR_KIND_METADATA_KEY, NOT_LEADER),)
     hint = ((LEADER_METADATA_KEY, "10.0.0.2:50051"),)
-    assert is_retryable(StatusError(grpc.StatusCode.FAILED_PRECONDITION, marker))
-    assert is_retryable(StatusError(grpc.StatusCode.FAILED_PRECONDITION, marker + hint))
-    assert is_not_leader(StatusError(grpc.StatusCode.FAILED_PRECONDITION, marker))
+    assert is_retryable(StatusError(grpc.StatusCode.FAILED_PRECONDITION, metadata=marker))
+    assert is_retryable(StatusError(grpc.StatusCode.FAILED_PRECONDITION, metadata=marker + hint))
+    assert is_not_leader(StatusError(grpc.StatusCode.FAILED_PRECONDITION, metadata=marker))
     # Wrong job: FAILED_PRECONDITION without the marker is final.
-    assert not is_retryable(StatusError(grpc.StatusCode.FAILED_PRECONDITION, hint))
+    assert not is_retryable(StatusError(grpc.StatusCode.FAILED_PRECONDITION, metadata=hint))
     # The marker on another code means nothing.
-    assert not is_retryable(StatusError(grpc.StatusCode.INVALID_ARGUMENT, marker))
+    assert not is_retryable(StatusError(grpc.StatusCode.INVALID_ARGUMENT, metadata=marker))
 
 
 def test_a_code_attribute_that_is_not_a_method_is_not_mistaken_for_a_status() -> None:

@@ -1,0 +1,210 @@
+"""The worker's gRPC client: one channel per coordinator, the cached leader, one ``call``.
+
+Every unary RPC the worker side makes goes through ``CoordinatorClient.call``:
+the retry policy of ``dtr/retry.py`` around single attempts, each aimed at
+the best guess of the leader —
+
+1. the leader cached from an earlier answer (a mutating call that succeeded,
+   a ``ResponseHeader`` with ``is_leader``, or a ``dtr-leader`` hint);
+2. otherwise the configured coordinators in turn, starting after the last
+   one that failed.
+
+A NOT-LEADER answer caches its hint (or forgets the leader when it carries
+none); an UNAVAILABLE or timed-out attempt forgets a cached leader it was
+aimed at. Errors leave as ``dtr.errors`` types (``rpc_errors``), never as
+``grpc.RpcError``. Hinted addresses outside the configured list are dialled
+too: a replica advertises the address clients should use.
+
+Thread-safe: the training thread and the heartbeat thread share one client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from dtr.errors import InvalidArgument
+from dtr.keys import validate_name
+from dtr.proto import LEADER_METADATA_KEY
+from dtr.proto import coordinator_pb2 as pb
+from dtr.proto import coordinator_pb2_grpc as pb_grpc
+from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, status_code, trailing_metadata
+
+from .rpc_errors import error_from_rpc
+
+_log = logging.getLogger(__name__)
+
+#: Reconnect quickly to a coordinator that came back (the default backoff
+#: grows to two minutes); gRPC's own retries stay off (dtr/retry.py).
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+)
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):(?P<port>\d+)$")
+_FORGET_LEADER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def parse_coordinators(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"h1:p1,h2:p2"`` or a list of ``HOST:PORT`` as a tuple, checked, duplicates dropped."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    addresses: list[str] = []
+    for raw in parts:
+        if not isinstance(raw, str):
+            raise InvalidArgument(f"coordinators: expected HOST:PORT strings; got {raw!r}")
+        address = raw.strip()
+        match = _HOST_PORT.fullmatch(address)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise InvalidArgument(
+                f"coordinators: {address!r} is not HOST:PORT with a port in 1-65535 "
+                "(give a comma-separated list such as '10.0.0.1:50051,10.0.0.2:50051')"
+            )
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise InvalidArgument("coordinators: give at least one HOST:PORT")
+    return tuple(addresses)
+
+
+class CoordinatorClient:
+    """Channels to the coordinators of one job and the leader-following ``call``."""
+
+    def __init__(
+        self,
+        coordinators: str | Sequence[str],
+        *,
+        job: str,
+        caller_id: str,
+        policy: RetryPolicy | None = None,
+        attempt_timeout_s: float = 5.0,
+    ) -> None:
+        """Validate everything and dial nothing yet (channels connect on first use)."""
+        self.addresses = parse_coordinators(coordinators)
+        self.job = validate_name("job", job)
+        self.caller_id = caller_id
+        self.policy = policy or RetryPolicy()
+        if not attempt_timeout_s > 0:
+            raise InvalidArgument(f"attempt_timeout_s must be > 0; got {attempt_timeout_s!r}")
+        self.attempt_timeout_s = attempt_timeout_s
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, pb_grpc.CoordinatorStub] = {}
+        self._leader: str | None = None
+        self._next = 0
+        self._closed = False
+        #: The largest term and generation any answer carried.
+        self.term = 0
+        self.generation = 0
+        #: time.monotonic() of the last answer from any coordinator (0: never).
+        self.last_answer_at = 0.0
+
+    # -- targets ----------------------------------------------------------------
+    @property
+    def leader_address(self) -> str | None:
+        """The cached leader, or None when the next attempt will try replicas in turn."""
+        return self._leader
+
+    def target(self) -> str:
+        """The address the next attempt should use."""
+        with self._lock:
+            return self._leader or self.addresses[self._next % len(self.addresses)]
+
+    def stub(self, address: str) -> pb_grpc.CoordinatorStub:
+        """The stub for ``address``, dialling it on first use."""
+        with self._lock:
+            if self._closed:
+                raise InvalidArgument("the coordinator client is closed")
+            stub = self._stubs.get(address)
+            if stub is None:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                self._channels[address] = channel
+                stub = self._stubs[address] = pb_grpc.CoordinatorStub(channel)
+            return stub
+
+    def note_answer(self, address: str, header: pb.ResponseHeader, *, accepted_write: bool) -> None:
+        """Learn from an answer: the leader, and the newest term and generation."""
+        with self._lock:
+            self.last_answer_at = time.monotonic()
+            self.term = max(self.term, header.term)
+            self.generation = max(self.generation, header.generation)
+            if accepted_write or header.is_leader:
+                self._leader = address
+            elif header.leader_address and self._leader is None:
+                self._leader = header.leader_address
+
+    def note_failure(self, address: str, err: BaseException) -> None:
+        """Re-aim after a failed attempt: follow a hint, or move to the next replica."""
+        with self._lock:
+            if is_not_leader(err):
+                self._leader = trailing_metadata(err).get(LEADER_METADATA_KEY) or None
+                if self._leader == address:  # a replica naming itself while refusing: move on
+                    self._leader = None
+            elif status_code(err) in _FORGET_LEADER_CODES or status_code(err) is None:
+                if self._leader == address:
+                    self._leader = None
+            else:
+                return
+            if address in self.addresses:
+                self._next = self.addresses.index(address) + 1
+
+    # -- calls ------------------------------------------------------------------
+    def header(self, request_id: str) -> pb.RequestHeader:
+        return pb.RequestHeader(
+            job=self.job, caller_id=self.caller_id, client_request_id=request_id
+        )
+
+    def call(
+        self,
+        method: str,
+        build: Callable[[], Any],
+        *,
+        operation: str,
+        mutating: bool,
+        policy: RetryPolicy | None = None,
+        attempt_timeout_s: float | None = None,
+    ) -> Any:
+        """Send ``build()`` (a request without header) until it succeeds or fails for good.
+
+        ``build`` runs before every attempt, so a request can carry what the
+        worker learned meanwhile (a new incarnation). Raises ``dtr.errors``
+        types only: ``CoordinatorUnavailable`` when the policy's deadline ran
+        out on retryable failures.
+        """
+        policy = policy or self.policy
+        per_attempt = attempt_timeout_s or self.attempt_timeout_s
+        deadline = time.monotonic() + policy.deadline_s
+        request_id = uuid.uuid4().hex
+
+        def attempt() -> Any:
+            address = self.target()
+            request = build()
+            request.header.CopyFrom(self.header(request_id))
+            timeout = max(0.05, min(per_attempt, deadline - time.monotonic()))
+            try:
+                response = getattr(self.stub(address), method)(request, timeout=timeout)
+            except grpc.RpcError as err:
+                self.note_failure(address, err)
+                raise
+            self.note_answer(address, response.header, accepted_write=mutating)
+            return response
+
+        try:
+            return call_with_retry(attempt, operation=operation, policy=policy, logger=_log)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, operation) from err
+
+    def close(self) -> None:
+        """Close every channel; later calls raise ``InvalidArgument``."""
+        with self._lock:
+            self._closed = True
+            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            channel.close()

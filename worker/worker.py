@@ -1,0 +1,484 @@
+"""``Worker``: one training process's membership in a dtr job (DESIGN §3 Python API).
+
+A ``Worker`` registers on construction, beats in the background
+(``heartbeats``), and offers what a training loop calls: ``register_dataset``,
+``get_shards`` / ``shard_assignment``, ``barrier`` and ``generation``. It is
+built to keep training going through coordinator failovers and partitions:
+
+- every call follows the leader and retries under one policy (``client``);
+- the worker re-registers itself, as a new incarnation, whenever the leader
+  says it does not know it or declared it dead (after a partition longer
+  than the heartbeat timeout), from the heartbeat thread or from a call;
+- while no coordinator answers, ``shard_assignment`` serves the last
+  assignment it received for the dataset (``stale=True``, logged) after a
+  short deadline, and ``barrier`` raises ``CoordinatorUnavailable`` when its
+  timeout runs out, never hanging.
+
+Only ``dtr.errors`` types leave this module. What must not live here: any
+etcd access or coordinator import (the worker reaches state over gRPC only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from dtr.errors import (
+    BarrierTimeout,
+    CoordinatorUnavailable,
+    DtrError,
+    InvalidArgument,
+    MembershipChanged,
+    UnknownWorker,
+    WorkerSuperseded,
+)
+from dtr.keys import validate_name
+from dtr.proto import coordinator_pb2 as pb
+from dtr.retry import RetryPolicy
+
+from .assignment import ShardAssignment
+from .checkpoint_rpc import LatestCheckpoint, fetch_latest, send_commit
+from .client import CoordinatorClient
+from .commit_flusher import CommitAck
+from .commit_queue import CommitRecord
+from .heartbeats import HeartbeatLoop
+
+_log = logging.getLogger(__name__)
+
+#: A barrier call is one long poll of at most this long (the server holds
+#: polls for at most 10 s and answers WAITING); the worker then polls again.
+BARRIER_POLL_S = 10.0
+#: How much longer than a poll the worker waits for its answer, so a slow
+#: answer arrives as the server's verdict (TIMEOUT) rather than as a deadline.
+_BARRIER_GRACE_S = 2.0
+_CLOSE_DEADLINE_S = 5.0
+_CLIENT_VERSION = "dtr-worker/0.1"
+_DEREGISTER_REASON = {
+    None: pb.DEREGISTER_REASON_SHUTDOWN,
+    "preempted": pb.DEREGISTER_REASON_PREEMPTED,
+    "error": pb.DEREGISTER_REASON_ERROR,
+}
+
+
+def default_worker_id() -> str:
+    """``$DTR_WORKER_ID``, else ``<host>-rank<RANK>`` (stable across restarts), else host-pid."""
+    explicit = os.environ.get("DTR_WORKER_ID")
+    if explicit:
+        return explicit
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64] or "worker"
+    rank = os.environ.get("RANK")
+    return f"{host}-rank{rank}" if rank and rank.isdigit() else f"{host}-{os.getpid()}"
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{name} must be a number; got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidArgument(f"{name} must be finite and > 0; got {value!r}")
+    return float(value)
+
+
+def _epoch(epoch: object) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise InvalidArgument(f"epoch must be an integer >= 0; got {epoch!r}")
+    return epoch
+
+
+class Worker:
+    """Membership of one training process in a dtr job; see the module docstring."""
+
+    def __init__(
+        self,
+        coordinators: str | Sequence[str] | None = None,
+        *,
+        worker_id: str | None = None,
+        capacity: float = 1.0,
+        heartbeat_interval_s: float = 1.0,
+        job: str | None = None,
+        retry: RetryPolicy | None = None,
+        stale_read_deadline_s: float = 2.0,
+        labels: Mapping[str, str] | None = None,
+        heartbeat_stream: bool = True,
+    ) -> None:
+        """Validate everything, register with the leader and start beating.
+
+        ``coordinators`` defaults to ``$DTR_COORDINATORS`` and ``job`` to
+        ``$DTR_JOB`` (else ``"default"``). Raises ``InvalidArgument`` before
+        any network traffic, and ``CoordinatorUnavailable`` when no leader
+        accepted the registration within ``retry.deadline_s``.
+        """
+        coordinators = coordinators or os.environ.get("DTR_COORDINATORS")
+        if not coordinators:
+            raise InvalidArgument("coordinators: give HOST:PORT[,...] or set DTR_COORDINATORS")
+        self.worker_id = validate_name("worker_id", worker_id or default_worker_id())
+        self.capacity = _positive("capacity", capacity)
+        self.heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
+        self.stale_read_deadline_s = _positive("stale_read_deadline_s", stale_read_deadline_s)
+        self.labels = dict(labels or {})
+        self._client = CoordinatorClient(
+            coordinators,
+            job=job or os.environ.get("DTR_JOB") or "default",
+            caller_id=self.worker_id,
+            policy=retry,
+        )
+        self.job = self._client.job
+        self._lock = threading.Lock()
+        self._incarnation = 0
+        self.heartbeat_timeout_s = 0.0
+        self._superseded = False
+        self._closed = False
+        self._latest: dict[str, ShardAssignment] = {}  # dataset -> last assignment received
+        self._step, self._samples_per_s = 0, 0.0
+        #: Set by a CheckpointManager: what each beat reports about saves and commits.
+        self.checkpoint_progress: Callable[[], pb.CheckpointProgress] | None = None
+        try:
+            self._register()
+        except BaseException:
+            self._client.close()
+            raise
+        self._heartbeats = HeartbeatLoop(
+            self,
+            self._client,
+            interval_s=self.heartbeat_interval_s,
+            stall_timeout_s=max(3 * self.heartbeat_interval_s, 2.0),
+            outage_deadline_s=max(self.heartbeat_timeout_s, 10 * self.heartbeat_interval_s),
+            use_stream=heartbeat_stream,
+        )
+        self._heartbeats.start()
+
+    # -- membership ---------------------------------------------------------------
+    @property
+    def incarnation(self) -> int:
+        """Grows on every (re-)registration of this worker id."""
+        return self._incarnation
+
+    @property
+    def generation(self) -> int:
+        """The newest membership generation any coordinator answer carried."""
+        return self._client.generation
+
+    @property
+    def leader_address(self) -> str | None:
+        """The coordinator this worker believes leads (None while it does not know)."""
+        return self._client.leader_address
+
+    def _register(self) -> None:
+        response = self._client.call(
+            "RegisterWorker",
+            lambda: pb.RegisterWorkerRequest(
+                worker_id=self.worker_id,
+                capacity=self.capacity,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                labels=self.labels,
+                client_version=_CLIENT_VERSION,
+            ),
+            operation="register worker",
+            mutating=True,
+        )
+        self._incarnation = response.incarnation
+        self.heartbeat_timeout_s = response.heartbeat_timeout_s
+        _log.info(
+            "worker %s registered as incarnation %d (generation %d, leader %s)",
+            self.worker_id,
+            response.incarnation,
+            response.header.generation,
+            self._client.leader_address,
+        )
+
+    def rejoin(self, seen_incarnation: int = 0) -> None:
+        """Register again as a new incarnation, unless one newer than ``seen`` exists.
+
+        Called when the leader no longer knows this worker (declared dead after
+        a partition, or lost); the new incarnation bumps the generation, so
+        shards are reassigned and barriers of the old generation fail.
+        """
+        with self._lock:
+            if seen_incarnation and seen_incarnation != self._incarnation:
+                return  # another thread rejoined already
+            self._check_usable()
+            _log.warning(
+                "worker %s (incarnation %d) is unknown to the leader; registering again",
+                self.worker_id,
+                self._incarnation,
+            )
+            self._register()
+
+    def on_status(self, status: pb.WorkerStatus, incarnation: int) -> bool:
+        """The heartbeat loop's report of a non-OK answer; False stops the beats."""
+        if status == pb.WORKER_STATUS_STALE_INCARNATION:
+            _log.error(
+                "worker %s: a newer incarnation of this id registered; this process must stop",
+                self.worker_id,
+            )
+            self._superseded = True
+            return False
+        try:
+            self.rejoin(incarnation or self._incarnation)
+        except DtrError as err:
+            _log.warning("worker %s: rejoining failed, will retry: %s", self.worker_id, err)
+        return True
+
+    def make_beat(self, sequence: int) -> pb.WorkerBeat:
+        beat = pb.WorkerBeat(
+            worker_id=self.worker_id,
+            incarnation=self._incarnation,
+            sequence=sequence,
+            step=self._step,
+            samples_per_s=self._samples_per_s,
+        )
+        progress = self.checkpoint_progress
+        if progress is not None:
+            beat.checkpoint.CopyFrom(progress())
+        return beat
+
+    def report_progress(self, step: int, samples_per_s: float | None = None) -> None:
+        """Tell the coordinator (on the next beat) the step and throughput; never blocks."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise InvalidArgument(f"step must be an integer >= 0; got {step!r}")
+        if samples_per_s is not None:
+            if not (math.isfinite(samples_per_s) and samples_per_s >= 0):
+                raise InvalidArgument(f"samples_per_s must be finite and >= 0; got {samples_per_s}")
+            self._samples_per_s = float(samples_per_s)
+        self._step = step
+
+    # -- calls --------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._superseded:
+            raise WorkerSuperseded(
+                f"worker {self.worker_id}: a newer incarnation registered; stop this process"
+            )
+        if self._closed:
+            raise InvalidArgument(f"worker {self.worker_id} is closed")
+
+    def _member_call(self, method: str, build: Callable[[], Any], **kwargs: Any) -> Any:
+        """A call about this worker; re-registers once if the leader does not know it."""
+        self._check_usable()
+        seen = self._incarnation
+        try:
+            return self._client.call(method, build, **kwargs)
+        except UnknownWorker:
+            self.rejoin(seen)
+            return self._client.call(method, build, **kwargs)
+
+    def register_dataset(
+        self,
+        name: str,
+        num_shards: int,
+        *,
+        vnodes: int | None = None,
+        load_factor: float | None = None,
+    ) -> bool:
+        """Declare a dataset (idempotent); True if this call created it.
+
+        The same parameters again are fine; different ones raise
+        ``AlreadyExists`` (a dataset's shards mean one thing for a job's life).
+        """
+        validate_name("dataset", name)
+        if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+            raise InvalidArgument(f"num_shards must be an integer >= 1; got {num_shards!r}")
+        if load_factor is not None:
+            _positive("load_factor", load_factor)
+        if vnodes is not None and (not isinstance(vnodes, int) or vnodes < 1):
+            raise InvalidArgument(f"vnodes must be an integer >= 1; got {vnodes!r}")
+        self._check_usable()
+        response = self._client.call(
+            "RegisterDataset",
+            lambda: pb.RegisterDatasetRequest(
+                name=name, num_shards=num_shards, vnodes=vnodes, load_factor=load_factor
+            ),
+            operation=f"register dataset {name!r}",
+            mutating=True,
+        )
+        return bool(response.created)
+
+    def get_shards(self, dataset: str, epoch: int = 0) -> list[int]:
+        """This worker's shard ids of ``dataset`` for ``epoch``, ascending."""
+        return list(self.shard_assignment(dataset, epoch).shard_ids)
+
+    def shard_assignment(self, dataset: str, epoch: int = 0) -> ShardAssignment:
+        """This worker's shards with their generation; ``stale`` while partitioned.
+
+        With an assignment of ``dataset`` already received, a coordinator gets
+        ``stale_read_deadline_s`` to answer before that one is served again.
+        """
+        validate_name("dataset", dataset)
+        _epoch(epoch)
+        cached = self._latest.get(dataset)
+        policy = self._client.policy
+        if cached is not None:
+            policy = RetryPolicy(
+                initial_backoff_s=policy.initial_backoff_s,
+                max_backoff_s=min(policy.max_backoff_s, self.stale_read_deadline_s),
+                deadline_s=self.stale_read_deadline_s,
+            )
+        try:
+            response = self._member_call(
+                "GetShards",
+                lambda: pb.GetShardsRequest(dataset=dataset, epoch=epoch, worker_id=self.worker_id),
+                operation=f"get shards of {dataset!r}",
+                mutating=False,
+                policy=policy,
+            )
+        except CoordinatorUnavailable as err:
+            if cached is None:
+                raise
+            _log.warning(
+                "no coordinator answered (%s); training on the cached shards of %r "
+                "from generation %d",
+                err,
+                dataset,
+                cached.generation,
+            )
+            return cached.as_stale(epoch)
+        fresh = ShardAssignment(
+            dataset=dataset,
+            epoch=epoch,
+            shard_ids=tuple(response.shard_ids),
+            generation=response.generation,
+            num_shards=response.num_shards,
+            num_members=response.num_members,
+            max_member_shards=response.max_member_shards,
+            min_member_shards=response.min_member_shards,
+        )
+        self._latest[dataset] = fresh
+        return fresh
+
+    def barrier(self, name: str, timeout_s: float = 300.0, *, generation: int | None = None) -> int:
+        """Wait until every live member arrived at ``name``; returns the barrier's generation.
+
+        The barrier is for the membership generation this worker last heard of
+        (``generation``), or the one given: pass the generation of the shard
+        assignment a step trained on to be sure the barrier releases only if
+        every member trained on the same assignment.
+
+        Raises ``MembershipChanged`` when membership changed before release
+        (refresh shards, then call again), ``BarrierTimeout`` when live members
+        are missing at the timeout, ``CoordinatorUnavailable`` when no
+        coordinator answered before it.
+        """
+        validate_name("barrier name", name)
+        timeout_s = _positive("timeout_s", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        last: pb.BarrierResponse | None = None
+        while (remaining := deadline - time.monotonic()) > 0:
+            poll_s = min(remaining, BARRIER_POLL_S)
+            last = self._barrier_poll(name, generation, poll_s, remaining, timeout_s)
+            if last.status == pb.BARRIER_STATUS_RELEASED:
+                return int(last.barrier_generation)
+            if last.status == pb.BARRIER_STATUS_MEMBERSHIP_CHANGED:
+                raise MembershipChanged(
+                    f"barrier {name!r}: membership changed before release (now generation "
+                    f"{self.generation}); refresh shards and call the barrier again"
+                )
+        missing = ", ".join(last.missing_worker_ids) if last else "unknown"
+        arrived = f"{last.arrived}/{last.expected}" if last else "?"
+        raise BarrierTimeout(
+            f"barrier {name!r}: not released within {timeout_s:g} s ({arrived} arrived; "
+            f"missing: {missing})"
+        )
+
+    def _barrier_poll(
+        self, name: str, generation: int | None, poll_s: float, remaining_s: float, timeout_s: float
+    ) -> pb.BarrierResponse:
+        seen = self._incarnation
+        self._check_usable()
+        try:
+            response: pb.BarrierResponse = self._client.call(
+                "Barrier",
+                lambda: pb.BarrierRequest(
+                    name=name,
+                    worker_id=self.worker_id,
+                    generation=self.generation if generation is None else generation,
+                    timeout_s=poll_s,
+                ),
+                operation=f"barrier {name!r}",
+                mutating=True,
+                policy=RetryPolicy(
+                    initial_backoff_s=self._client.policy.initial_backoff_s,
+                    max_backoff_s=self._client.policy.max_backoff_s,
+                    deadline_s=remaining_s + _BARRIER_GRACE_S,
+                ),
+                attempt_timeout_s=poll_s + _BARRIER_GRACE_S,
+            )
+        except CoordinatorUnavailable as err:
+            raise CoordinatorUnavailable(
+                f"barrier {name!r}: no coordinator answered within its timeout of "
+                f"{timeout_s:g} s ({err})"
+            ) from err
+        except UnknownWorker as err:
+            self.rejoin(seen)
+            raise MembershipChanged(
+                f"barrier {name!r}: this worker had been removed from the job and rejoined "
+                f"(generation {self.generation}); refresh shards and call the barrier again"
+            ) from err
+        return response
+
+    # -- checkpoints --------------------------------------------------------------
+    def commit_checkpoint(
+        self, record: CommitRecord, policy: RetryPolicy | None = None
+    ) -> CommitAck:
+        """Record a durable part with the leader (``CheckpointManager`` queues these first)."""
+        self._check_usable()
+        return send_commit(self._client, record, policy)
+
+    def latest_checkpoint(self, before_step: int | None = None) -> LatestCheckpoint | None:
+        """The job's latest complete step (strictly below ``before_step``), or None."""
+        self._check_usable()
+        return fetch_latest(self._client, before_step)
+
+    # -- leaving ------------------------------------------------------------------
+    def close(self, reason: str | None = None, detail: str = "") -> None:
+        """Stop beating and deregister (idempotent); errors are logged, not raised.
+
+        ``reason``: None (shutdown), ``"preempted"`` or ``"error"``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._heartbeats.stop()
+        if not self._superseded:
+            try:
+                self._client.call(
+                    "Deregister",
+                    lambda: pb.DeregisterRequest(
+                        worker_id=self.worker_id,
+                        incarnation=self._incarnation,
+                        reason=_DEREGISTER_REASON.get(reason, pb.DEREGISTER_REASON_SHUTDOWN),
+                        detail=detail[:500],
+                    ),
+                    operation="deregister",
+                    mutating=True,
+                    policy=RetryPolicy(deadline_s=_CLOSE_DEADLINE_S),
+                )
+            except DtrError as err:
+                _log.warning("worker %s: deregistering failed: %s", self.worker_id, err)
+        self._client.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, KeyboardInterrupt):
+            self.close()
+        else:
+            self.close("error", f"{type(exc).__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        return (
+            f"Worker({self.worker_id!r}, job={self.job!r}, incarnation={self._incarnation}, "
+            f"generation={self.generation}, leader={self.leader_address!r})"
+        )
