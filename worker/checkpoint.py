@@ -45,12 +45,13 @@ from dtr.errors import CheckpointError, DtrError, InvalidArgument, NoCheckpoint
 from dtr.keys import validate_step
 from dtr.proto import coordinator_pb2 as pb
 from dtr.retry import RetryPolicy
-from dtr.storage import Checksum, Storage, open_storage
+from dtr.storage import Checksum, Storage, StoredObject, open_storage
 
 from .checkpoint_format import FORMAT_VERSION, JsonValue, decode
 from .checkpoint_rpc import LatestCheckpoint, StoredPart
 from .commit_flusher import CommitAck, CommitFlusher
 from .commit_queue import CommitOutcome, CommitQueue, CommitRecord
+from .replicated import await_manifest, manifest_name, replicated_name, write_manifest
 from .snapshot import Snapshot, StagingBusy, StagingPool, snapshot
 from .worker import Worker
 
@@ -99,11 +100,17 @@ class CheckpointManager:
         checksum: str = "crc32c",
         queue_path: str | Path | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        replicated: bool = False,
+        writer: bool = True,
+        replica_wait_s: float = 600.0,
     ) -> None:
         """Validate, open storage and the commit queue, and start replaying queued commits.
 
         ``storage_options`` go to ``dtr.storage.open_storage`` (for S3:
         ``endpoint_url``, ``region``, part sizes; ``$DTR_S3_ENDPOINT`` also works).
+        ``replicated``: every member holds the same state; only the member with
+        ``writer=True`` writes it, the others wait up to ``replica_wait_s`` for
+        it and commit the same part (``worker/replicated.py``).
         """
         if (
             isinstance(max_in_flight, bool)
@@ -117,7 +124,11 @@ class CheckpointManager:
             raise InvalidArgument(f"keep must be an integer >= 1; got {keep!r}")
         if checksum not in ("crc32c", "sha256"):
             raise InvalidArgument(f"checksum must be 'crc32c' or 'sha256'; got {checksum!r}")
+        if not replica_wait_s > 0:
+            raise InvalidArgument(f"replica_wait_s must be > 0; got {replica_wait_s!r}")
         self._worker, self.keep, self.checksum, self.when_full = worker, keep, checksum, when_full
+        self.replicated, self.writer, self.replica_wait_s = replicated, writer, replica_wait_s
+        self._stopping = threading.Event()
         self.storage: Storage = open_storage(uri, **(storage_options or {}))
         path = Path(queue_path) if queue_path else default_queue_path(worker.job, worker.worker_id)
         self._queue = CommitQueue(path)
@@ -143,6 +154,8 @@ class CheckpointManager:
         if self._closed:
             raise CheckpointError("the checkpoint manager is closed")
         generation = self._worker.generation
+        if self.replicated and not self.writer:
+            return self._track(self._writer.submit(self._adopt_and_queue, step, generation))
         meta: dict[str, JsonValue] = {
             "step": step,
             "worker_id": self._worker.worker_id,
@@ -157,24 +170,41 @@ class CheckpointManager:
             dropped: Future[SaveResult] = Future()
             dropped.set_result(SaveResult(step, dropped=True))
             return dropped
-        future = self._writer.submit(self._write_and_queue, snap, step, generation)
+        return self._track(self._writer.submit(self._write_and_queue, snap, step, generation))
+
+    def _track(self, future: Future[SaveResult]) -> Future[SaveResult]:
         with self._lock:
             self._in_flight.add(future)
         future.add_done_callback(self._forget)
         return future
+
+    def _object_name(self, step: int) -> str:
+        if self.replicated:
+            return replicated_name(step)
+        return part_name(step, self._worker.worker_id)
 
     def _forget(self, future: Future[SaveResult]) -> None:
         with self._lock:
             self._in_flight.discard(future)
 
     def _write_and_queue(self, snap: Snapshot, step: int, generation: int) -> SaveResult:
-        worker_id = self._worker.worker_id
         try:
             stored = self.storage.write(
-                part_name(step, worker_id), snap.buffers(), algorithm=self.checksum
+                self._object_name(step), snap.buffers(), algorithm=self.checksum
             )
         finally:
             snap.release()
+        if self.replicated:
+            write_manifest(self.storage, step, stored)
+        return self._queue_commit(step, generation, stored)
+
+    def _adopt_and_queue(self, step: int, generation: int) -> SaveResult:
+        stored = await_manifest(self.storage, step, self.replica_wait_s, self._stopping)
+        return self._queue_commit(step, generation, stored)
+
+    def _queue_commit(self, step: int, generation: int, stored: StoredObject) -> SaveResult:
+        """Append the commit of a durable part to the on-disk queue and wake the flusher."""
+        worker_id = self._worker.worker_id
         record = CommitRecord(
             job=self._worker.job,
             step=step,
@@ -248,6 +278,8 @@ class CheckpointManager:
             self._complete.add(record.step)
         if ack.latest_complete_step is not None:
             self._complete.add(ack.latest_complete_step)
+        if self.replicated and not self.writer:
+            return  # the writer deletes what it wrote
         doomed = [record.step] if ack.outcome is CommitOutcome.SUPERSEDED else []
         kept = sorted(self._complete)[-self.keep :]
         if len(kept) == self.keep:
@@ -255,12 +287,14 @@ class CheckpointManager:
             self._complete = set(kept)
         for step in doomed:
             try:
-                self.storage.delete(part_name(step, self._worker.worker_id))
+                self.storage.delete(self._object_name(step))
+                if self.replicated:
+                    self.storage.delete(manifest_name(step))
             except DtrError as err:  # harmless: retried with the next ack
                 _log.warning("could not delete the part of step %d: %s", step, err)
 
     def _own_steps(self) -> list[int]:
-        suffix = f"/{self._worker.worker_id}.dtr"
+        suffix = "/" + self._object_name(0).rsplit("/", 1)[1]
         names = (n for n in self.storage.list("step-") if n.endswith(suffix))
         return [int(n[len("step-") : -len(suffix)]) for n in names]
 
@@ -318,6 +352,7 @@ class CheckpointManager:
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         self._worker.checkpoint_progress = None
         self._writer.shutdown(wait=True)
         self._flusher.wait_empty(min(timeout_s, 5.0))

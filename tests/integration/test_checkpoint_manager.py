@@ -321,3 +321,49 @@ def test_checkpoints_round_trip_through_s3_and_plain_boto3_reads_the_same_bytes(
         body = s3.get_object(Bucket=bucket, Key=f"run-7/{part_name(300, 'w0')}")["Body"].read()
         assert len(body) == result.size_bytes > 12 << 20
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_replicated_state_is_written_once_committed_by_everyone_and_loads_anywhere(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    uri = f"file://{tmp_path}/ckpt"
+    with (
+        Worker(
+            cluster.coordinators, worker_id="w0", job=cluster.job, heartbeat_interval_s=0.2
+        ) as w0,
+        Worker(
+            cluster.coordinators, worker_id="w1", job=cluster.job, heartbeat_interval_s=0.2
+        ) as w1,
+    ):
+        wait_until(lambda: w0.generation == w1.generation, 30, "one generation")
+        with (
+            CheckpointManager(
+                w0, uri, queue_path=tmp_path / "0.sqlite", replicated=True, writer=True
+            ) as m0,
+            CheckpointManager(
+                w1, uri, queue_path=tmp_path / "1.sqlite", replicated=True, writer=False
+            ) as m1,
+        ):
+            follower = m1.save_async(model_state(7), 70)  # waits for the writer's part
+            leader = m0.save_async(model_state(7), 70)
+            assert follower.result(timeout=30).uri == leader.result(timeout=30).uri
+            m0.wait(timeout_s=30)
+            m1.wait(timeout_s=30)
+            assert m1.storage.list() == [
+                "step-00000000000000000070/replicated.dtr",
+                "step-00000000000000000070/replicated.json",
+            ]
+            for manager in (m0, m1):
+                state, step = manager.load_latest()
+                assert step == 70
+                assert_same(state, model_state(7))
+            lonely = CheckpointManager(
+                w1,
+                uri,
+                queue_path=tmp_path / "2.sqlite",
+                replicated=True,
+                writer=False,
+                replica_wait_s=0.5,
+            )
+            with lonely, pytest.raises(CheckpointError, match="did not appear"):
+                lonely.save_async({}, 80).result(timeout=30)
