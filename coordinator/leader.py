@@ -109,6 +109,7 @@ class Coordinator:
         self._flusher: asyncio.Task[None] | None = None
         self.checkpoints = CheckpointBook()
         self._retention: asyncio.Task[None] | None = None
+        self._retention_due = False
 
     # -- leadership --------------------------------------------------------------
     def not_leader(self) -> NotLeader:
@@ -355,20 +356,28 @@ class Coordinator:
         decision = decisions[-1]
         if decision.plan is not None:
             self.checkpoints.on_applied(decision)
-            if decision.step_complete and (self._retention is None or self._retention.done()):
-                self._retention = asyncio.create_task(self._retain())
+            if decision.step_complete:
+                self._retention_due = True
+                if self._retention is None or self._retention.done():
+                    self._retention = asyncio.create_task(self._retain())
         return decision
 
     async def _retain(self) -> None:
-        """Delete records of complete steps beyond the newest K, and of abandoned steps."""
+        """Delete records of complete steps beyond the newest K, and of abandoned steps.
+
+        Runs again while steps completed during a pass (one pass at a time).
+        """
         keep = self.config.keep_checkpoints
-        try:
-            ops = await asyncio.to_thread(retention_ops, self.store, self.keys, keep)
-            if ops:
-                await self._write(lambda v: WritePlan((), tuple(ops), v))
-                _log.info("checkpoint retention: %d deletions", len(ops))
-        except DtrError as err:  # retried after the next complete step
-            _log.warning("checkpoint retention failed: %s", err)
+        while self._retention_due:
+            self._retention_due = False
+            try:
+                ops = await asyncio.to_thread(retention_ops, self.store, self.keys, keep)
+                if ops:
+                    deletions = tuple(ops)
+                    await self._write(lambda v: WritePlan((), deletions, v))  # noqa: B023
+                    _log.info("checkpoint retention: %d deletions", len(ops))
+            except DtrError as err:  # retried after the next complete step
+                _log.warning("checkpoint retention failed: %s", err)
 
     async def latest_checkpoint(
         self, before_step: int | None

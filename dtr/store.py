@@ -71,6 +71,12 @@ _TRANSPORT_CODES = frozenset(
 )
 
 
+# What etcd answers (status UNKNOWN) when a request timed out inside the
+# server, for example a linearizable read under heavy disk load: as retryable
+# as a transport failure.
+_SERVER_TIMEOUTS = ("context deadline exceeded", "request timed out", "leader changed")
+
+
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
     """``"a:1,b:2"`` or ``["http://a:1", …]`` → ``["a:1", "b:2"]``, validated."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
@@ -96,7 +102,9 @@ def translate_rpc_error(err: grpc.RpcError, what: str) -> StoreError:
     code = err.code() if callable(getattr(err, "code", None)) else None
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
     message = f"etcd {what}: {details} ({code.name if code else 'no status'})"
-    if code in _TRANSPORT_CODES:
+    if code in _TRANSPORT_CODES or (
+        code == grpc.StatusCode.UNKNOWN and any(t in (details or "") for t in _SERVER_TIMEOUTS)
+    ):
         return StoreUnavailable(message)
     if code == grpc.StatusCode.NOT_FOUND and "lease not found" in (details or ""):
         return LeaseExpired(message)
