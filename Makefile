@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ring.py
 	$(PY) benchmarks/coordinator.py
 	$(PY) benchmarks/worker.py
+	$(PY) benchmarks/checkpoint.py
 
 etcd: $(STAMP)
 	$(VENV)/bin/dtr etcd

@@ -49,6 +49,7 @@ import datetime as dt
 import gc
 import itertools
 import json
+import logging
 import os
 import platform
 import shlex
@@ -104,10 +105,10 @@ class Settings:
     num_samples: int = 65_536
     num_shards: int = 256
     batch_size: int = 64
-    epochs_per_run: int = 4
-    repetitions: int = 8  # timed runs of each loop, after one untimed warm-up of each
+    epochs_per_run: int = 2  # short runs, many of them: adjacent pairs share the drift
+    repetitions: int = 16  # timed runs of each loop, after one untimed warm-up of each
     recovery_cycles: int = 5
-    idle_s: float = 5.0  # each of the two idle intervals of idle_cost
+    idle_intervals: int = 5  # one-second intervals of idle_cost, with and without a Worker
     lease_ttl_s: int = 3
     phase_deadline_s: float = 90.0  # no new repetition or cycle starts after this
 
@@ -119,7 +120,7 @@ class Settings:
 
 def quick_settings() -> Settings:
     return Settings(
-        num_samples=8_192, epochs_per_run=2, repetitions=2, recovery_cycles=2, idle_s=1.0
+        num_samples=8_192, epochs_per_run=2, repetitions=2, recovery_cycles=2, idle_intervals=2
     )
 
 
@@ -305,25 +306,31 @@ def idle_cost(cluster: LocalCluster, s: Settings) -> Result:
     """CPU a Worker's background threads burn while training does nothing, per second.
 
     The part of (a)'s overhead that does not scale with steps: heartbeats and
-    gRPC's own threads. Measured as this process's CPU time over a quiet
-    interval with and without a Worker (after its first heartbeat ack).
+    gRPC's own threads. Measured as this process's CPU time per one-second
+    interval, with and without a Worker (after its first heartbeat ack); the
+    median of each set, since on a VM a burst of CPU steal inflates one
+    interval's CPU time.
     """
 
-    def cpu_ms_per_s(seconds: float) -> float:
-        started = time.process_time()
-        time.sleep(seconds)  # the measurement itself: how much runs while we do nothing
-        return 1000 * (time.process_time() - started) / seconds
+    def cpu_ms_per_s() -> list[float]:
+        samples = []
+        for _ in range(s.idle_intervals):
+            started = time.process_time()
+            time.sleep(1.0)  # the measurement itself: how much runs while we do nothing
+            samples.append(1000 * (time.process_time() - started))
+        return samples
 
-    without = cpu_ms_per_s(s.idle_s)
+    without = cpu_ms_per_s()
     with Worker(cluster.coordinators, worker_id="bench-rank0", job=JOB) as worker:
         wait_until(lambda: worker._heartbeats.acks > 0, 30.0, "the first heartbeat ack")
-        with_worker = cpu_ms_per_s(s.idle_s)
-    print(f"idle: {with_worker - without:.2f} CPU ms/s for a Worker", flush=True)
+        with_worker = cpu_ms_per_s()
+    cost = statistics.median(with_worker) - statistics.median(without)
+    print(f"idle: {cost:.2f} CPU ms/s for a Worker", flush=True)
     return {
-        "seconds": s.idle_s,
+        "intervals_s": [1.0] * s.idle_intervals,
         "cpu_ms_per_s_without_worker": without,
         "cpu_ms_per_s_with_worker": with_worker,
-        "worker_cpu_ms_per_s": with_worker - without,
+        "worker_cpu_ms_per_s": cost,
     }
 
 
@@ -534,6 +541,10 @@ def render(payload: Result) -> str:
     """``worker.md`` from what ``worker.json`` holds."""
     meta, over, rec = payload["meta"], payload["overhead"], payload["recovery"]
     idle = payload["idle"]
+    step_ms = over["median_us_per_step"]["A"] / 1000
+    extra_ms = step_ms * idle["worker_cpu_ms_per_s"] / 1000
+    extra_ms += over["get_shards_ms_median"] / meta["settings"]["steps_per_epoch"]
+    bottom_up = 1 + extra_ms / step_ms
     s = meta["settings"]
     ratio = over["ratio"]
     wall, cpu = over["median_us_per_step"], over["median_cpu_us_per_step"]
@@ -585,9 +596,13 @@ def render(payload: Result) -> str:
         "",
         f"An idle Worker (heartbeat stream open, nothing else) costs "
         f"{idle['worker_cpu_ms_per_s']:.2f} ms of CPU per second "
-        f"({idle['worker_cpu_ms_per_s'] / 10:.2f}% of a core; measured over {idle['seconds']:g} s "
-        "with and without one): the part of the overhead that does not shrink with the "
-        "number of steps per epoch.",
+        f"({idle['worker_cpu_ms_per_s'] / 10:.2f}% of a core; the median of "
+        f"{len(idle['intervals_s'])} one-second intervals with one, less that without): the "
+        "part of the overhead that does not shrink with the number of steps per epoch.",
+        "",
+        f"From those parts alone B/A would be {bottom_up:.3f}: the idle cost plus one median "
+        f"GetShards per {s['steps_per_epoch']} steps, over A's median step "
+        "(`report_progress`, 0.2 µs, left out).",
         "",
         f"Identical A runs differed by up to {over['a_spread']:.1%} of their median (load "
         f"average {meta['loadavg_at_start'][0]:.2f} at start, {meta['loadavg_at_end'][0]:.2f} "
@@ -639,6 +654,8 @@ def main() -> None:
     parser.add_argument("--epochs-per-run", type=int, help="epochs per run in (a)")
     parser.add_argument("--recovery-cycles", type=int, help="outages in (b)")
     args = parser.parse_args()
+    # The worker's warnings during (b)'s outages are expected; say whose they are.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = quick_settings() if args.quick else Settings()
     overrides = {
         name: value

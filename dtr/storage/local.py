@@ -9,14 +9,14 @@ whole new object. On any OS error the temporary file is removed and a
 
 The write is built for a training loop running beside it on few cores:
 ``os.writev`` (GIL released) sends the caller's memoryviews to the kernel
-without joining them into one ``bytes``, up to ``IOV_MAX`` at a time, and a
-second thread computes the checksum at the same time (hashing releases the
-GIL too, see ``dtr.storage.base``). Measured on the 2-core build machine, a
-1 GiB write of 64 MiB staging buffers with CRC-32C (medians of 5): 1.02 s
-hashing in parallel, 2.38 s hashing after writing, 0.94 s for a bare
-``os.write`` loop + fsync without any checksum; with a GIL-bound Python
-thread running beside it, 1.36 s against 1.94 s. SHA-256 (~0.7 GB/s) is
-slower than the disk either way.
+without joining them into one ``bytes``, up to ``IOV_MAX`` at a time, and the
+checksum is computed chunk by chunk right after each chunk is written, on the
+same thread, while the chunk is still in the CPU cache (hashing releases the
+GIL too, see ``dtr.storage.base``). On two cores a second hashing thread made
+three busy threads (training, writing, hashing) share two cores and cost the
+training loop about twice the compute for no faster write, since the fsync
+dominates (benchmarks/results/checkpoint.md); with more than two cores the
+hash runs on its own thread, overlapped with the write.
 
 What must not live here: the checkpoint byte format and what a checkpoint
 is (``dtr.worker``); this module stores and verifies opaque bytes.
@@ -30,7 +30,7 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -174,10 +174,12 @@ def _write_durably(target: Path, views: Sequence[memoryview], hasher: Hasher) ->
 
 
 def _write_and_hash(fd: int, views: Sequence[memoryview], hasher: Hasher) -> None:
-    """Write every view to ``fd`` while a second thread hashes them (both release the GIL)."""
-    if sum(view.nbytes for view in views) < _PARALLEL_HASH_MIN_BYTES:
-        _write_all(fd, views)
-        _hash_all(hasher, views, threading.Event())
+    """Write every view to ``fd`` and hash it; see the module docstring for where the hash runs."""
+    total = sum(view.nbytes for view in views)
+    if total < _PARALLEL_HASH_MIN_BYTES or _usable_cores() <= 2:
+        for batch in _batches(views):
+            _write_all(fd, batch)
+            _hash_all(hasher, batch, _NEVER)
         return
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="dtr-storage-hash") as pool:
@@ -188,6 +190,33 @@ def _write_and_hash(fd: int, views: Sequence[memoryview], hasher: Hasher) -> Non
             stop.set()  # the hasher quits at its next buffer; the pool waits for it
             raise
         hashed.result()
+
+
+_NEVER = threading.Event()
+_BATCH_BYTES = 16 << 20
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _batches(views: Sequence[memoryview]) -> Iterator[builtins.list[memoryview]]:
+    """The views in groups of about ``_BATCH_BYTES``, big views cut to that size."""
+    batch: builtins.list[memoryview] = []
+    size = 0
+    for view in views:
+        for start in range(0, max(view.nbytes, 1), _BATCH_BYTES):
+            piece = view[start : start + _BATCH_BYTES]
+            batch.append(piece)
+            size += piece.nbytes
+            if size >= _BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _hash_all(hasher: Hasher, views: Sequence[memoryview], stop: threading.Event) -> None:

@@ -162,6 +162,26 @@ def test_large_tensors_round_trip_whichever_way_they_are_copied() -> None:
         assert_same(loaded[name], tensor.detach().resolve_conj(), name)
 
 
+def test_a_state_over_the_split_threshold_is_copied_by_two_threads_exactly() -> None:
+    # 3 big tensors of 30 MiB (the two copying threads split one of them) and small ones
+    big = {f"w{i}": torch.randn(30 << 18) for i in range(3)}
+    state = {**big, "small": [torch.arange(10), torch.ones(3, 3)]}
+
+    loaded, _ = decode(encode(state))
+
+    for name, tensor in big.items():
+        assert_same(loaded[name], tensor, name)
+    assert_same(loaded["small"][0], state["small"][0], "small")
+
+
+def test_moves_split_at_a_byte_cut_cover_every_byte_once() -> None:
+    moves = [(1000, 0, 10), (2000, 100, 30), (3000, 500, 5)]
+    first, second = snapshot_module._split_moves(moves, 25)
+    assert first == [(1000, 0, 10), (2000, 100, 15)]
+    assert second == [(2015, 115, 15), (3000, 500, 5)]
+    assert snapshot_module._split_moves(moves, 10) == (moves[:1], moves[1:])
+
+
 def test_zero_dim_and_empty_tensors_round_trip() -> None:
     state = {"scalar": torch.tensor(3.5), "empty": torch.empty(0, 4), "none": torch.zeros(0)}
 

@@ -1,0 +1,344 @@
+"""Benchmark dtr checkpoints: the stall, the compute lost, local and S3 throughput.
+
+Run as ``.venv/bin/python benchmarks/checkpoint.py`` (``--quick`` for a smoke
+test on a small state). Writes ``benchmarks/results/checkpoint.json`` (every
+number) and ``checkpoint.md`` (targets, verdicts, the runs). All figures come
+from one run, as ratios to references measured in the same run, on the same
+~1 GiB state: 8 float32 tensors of 128 MiB and 200 of 64 KiB.
+
+dtr saves through a real ``CheckpointManager`` (``file://`` storage in a
+temporary directory, an explicit commit queue) whose commits go to a real
+1-replica ``LocalCluster`` (with its own etcd) through a real ``Worker``. The
+manager lives for the whole run, so its staging buffer is reused from save
+to save, as in training. The references:
+
+- ``torch.save(state, f)`` + fsync, the synchronous baseline;
+- ``torch.distributed.checkpoint.async_save`` without a process group (it
+  saves as a single process) with one ``DefaultStager`` reused across saves,
+  so its staged CPU storages are cached (``BlockingAsyncStager`` with
+  ``cache_staged_state_dict=True`` needs an accelerator: it pins memory);
+- ``os.write`` of a preallocated buffer holding the same bytes as dtr's part,
+  then fsync: what the disk can do.
+
+(The four ways to save live in ``checkpoint_savers.py``.)
+
+Phases, each bounded in repetitions and time (no new repetition after its
+budget): (1+3) saves one after another, order rotated, stall and time to
+durable; (2) a matmul loop on a second thread, ``torch.set_num_threads(1)``,
+starts one save between two steps and the compute it loses from the save's
+start to durable is counted (``checkpoint_load.py``); (4) the S3 upload path
+against boto3's ``upload_file`` on a local ``moto_server``
+(``checkpoint_s3.py``). Everything started here is stopped by its own handle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import boto3
+import moto
+import torch
+from checkpoint_load import MatmulLoop, compute_lost, process_cpu_s
+from checkpoint_report import render
+from checkpoint_s3 import compare_uploads
+from checkpoint_savers import WORKER_ID, Savers, blocking_stager_problem
+
+from dtr.chaos.cluster import LocalCluster
+from dtr.worker import CheckpointManager, Worker
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+JOB = "bench-checkpoint"
+MIB = 1 << 20
+SAVE_TIMEOUT_S = 120.0
+Result = dict[str, Any]
+State = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes, counts and time budgets of one run (``--quick`` shrinks them)."""
+
+    big_tensors: int = 8
+    big_bytes: int = 128 * MIB
+    small_tensors: int = 200
+    small_bytes: int = 64 << 10
+    save_repetitions: int = 5
+    save_budget_s: float = 75.0
+    load_repetitions: int = 5
+    load_budget_s: float = 75.0
+    quiet_window_s: float = 2.0
+    settle_s: float = 1.0
+    s3_bytes: int = 256 * MIB
+    s3_repetitions: int = 5
+    s3_budget_s: float = 45.0
+
+
+def quick_settings() -> Settings:
+    return Settings(
+        big_bytes=8 * MIB, save_repetitions=2, load_repetitions=1, s3_bytes=16 * MIB,
+        s3_repetitions=1, quiet_window_s=1.0,
+    )  # fmt: skip
+
+
+def make_state(s: Settings) -> State:
+    """Random float32 tensors; creating them is also the first touch of their memory."""
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        f"big.{i}": torch.rand(s.big_bytes // 4, generator=generator) for i in range(s.big_tensors)
+    }
+    for i in range(s.small_tensors):
+        state[f"small.{i:03d}"] = torch.rand(s.small_bytes // 4, generator=generator)
+    return state
+
+
+# --- (1) and (3): stall and time to durable, saves one after another ------------------------
+
+
+def one_save(savers: Savers, who: str) -> Result:
+    cpu = process_cpu_s()
+    started = time.perf_counter()
+    if who in ("dtr", "dcp"):
+        future = savers.start_dtr() if who == "dtr" else savers.start_dcp()
+        returned = time.perf_counter()
+        result = future.result(timeout=SAVE_TIMEOUT_S)
+        done = time.perf_counter()
+        row = {"stall_s": returned - started, "durable_s": done - started}
+        if who == "dtr":
+            row.update(bytes=result.size_bytes, step=result.step)
+    else:
+        (savers.torch_save if who == "torch.save" else savers.raw_write)()
+        seconds = time.perf_counter() - started
+        row = {"stall_s": seconds, "durable_s": seconds}
+    row["cpu_s"] = process_cpu_s() - cpu  # every thread of this process, start to durable
+    savers.clean_up()
+    return {"who": who, **row}
+
+
+def save_costs(savers: Savers, s: Settings) -> Result:
+    """A cold round (first use of each path, not counted), then rotated, counted rounds."""
+    cold = [one_save(savers, "dtr")]
+    savers.load_raw(cold[0]["step"])  # now the raw reference writes exactly dtr's bytes
+    cold += [one_save(savers, who) for who in ("dcp", "torch.save", "raw write")]
+    order = ["dtr", "dcp", "torch.save", "raw write"]
+    runs: list[Result] = []
+    deadline = time.monotonic() + s.save_budget_s
+    for rep in range(s.save_repetitions):
+        if rep and time.monotonic() > deadline:
+            break
+        for who in order[rep % 4 :] + order[: rep % 4]:
+            runs.append({"rep": rep, **one_save(savers, who)})
+            print(
+                f"save rep {rep} {who}: stall {runs[-1]['stall_s']:.3f} s, "
+                f"durable {runs[-1]['durable_s']:.3f} s",
+                flush=True,
+            )
+    medians = {
+        who: {
+            field: statistics.median(r[field] for r in runs if r["who"] == who)
+            for field in ("stall_s", "durable_s", "cpu_s")
+        }
+        for who in order
+    }
+    return {"cold": cold, "runs": runs, "medians": medians, "bytes": cold[0]["bytes"]}
+
+
+# --- (2) compute lost by a training loop running beside one save -----------------------------
+
+
+def loaded_save(loop: MatmulLoop, savers: Savers, who: str, s: Settings) -> Result:
+    """One save started by the loop after a quiet stretch (its rate is recorded too)."""
+    before = loop.quiet_rate(s.settle_s)
+    start = savers.start_dtr if who == "dtr" else savers.start_dcp
+    cpu, loop_cpu = process_cpu_s(), loop.cpu_s()
+    save = loop.call_between_steps(start)
+    done = save.wait_done(SAVE_TIMEOUT_S)
+    return {
+        "who": who,
+        "steps_per_s_before": before,
+        "started_at": save.started_at,
+        "call_s": save.call_s,
+        "done_at": done,
+        "durable_s": done - save.started_at,
+        # Everything but the loop's own thread: the save's threads, gRPC, the waiting main.
+        "save_cpu_s": (process_cpu_s() - cpu) - (loop.cpu_s() - loop_cpu),
+    }
+
+
+def compute_costs(savers: Savers, s: Settings) -> Result:
+    """Quiet windows and one save of each kind per round; lost compute from the step times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    windows: list[Result] = []
+    saves: list[Result] = []
+    try:
+        with MatmulLoop() as loop:
+            loaded_save(loop, savers, "dtr", s)  # not counted: the loop's first seconds
+            savers.clean_up()
+            deadline = time.monotonic() + s.load_budget_s
+            order = ["quiet", "dtr", "dcp"]
+            for rep in range(s.load_repetitions):
+                if rep and time.monotonic() > deadline:
+                    break
+                for who in order[rep % 3 :] + order[: rep % 3]:
+                    if who == "quiet":
+                        rate = loop.quiet_rate(s.quiet_window_s)
+                        windows.append({"rep": rep, "kind": "quiet", "steps_per_s": rate})
+                        continue
+                    saves.append({"rep": rep, **loaded_save(loop, savers, who, s)})
+                    savers.clean_up()
+                    print(f"load rep {rep} {who}: {saves[-1]['durable_s']:.2f} s", flush=True)
+            windows += [
+                {"rep": r["rep"], "kind": "before a save", "steps_per_s": r["steps_per_s_before"]}
+                for r in saves
+            ]
+            rate = statistics.median(w["steps_per_s"] for w in windows)
+            for save in saves:
+                save.update(compute_lost(loop, save["started_at"], save["done_at"], rate))
+    finally:
+        torch.set_num_threads(threads)
+    rates = [w["steps_per_s"] for w in windows]
+    medians = {
+        who: {
+            field: statistics.median(r[field] for r in saves if r["who"] == who)
+            for field in ("lost_s", "window_s", "call_s", "save_cpu_s")
+        }
+        for who in ("dtr", "dcp")
+    }
+    return {
+        "rate_windows": windows,
+        "quiet_steps_per_s": statistics.median(rates),
+        "quiet_spread": (max(rates) - min(rates)) / statistics.median(rates),
+        "saves": saves,
+        "medians": medians,
+    }
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def file_system_of(path: Path) -> str:
+    """``fstype device`` of the mount holding ``path``, from /proc/mounts."""
+    best = ("", "?", "?")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, mount, fstype = line.split()[:3]
+        if str(path).startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+            best = (mount, fstype, device)
+    return f"{best[1]} on {best[2]} (mounted at {best[0]})"
+
+
+def busy_cpus(sample_s: float = 1.0) -> float:
+    """How many CPUs were busy (all processes, /proc/stat) over ``sample_s`` seconds."""
+
+    def read() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    total, idle = read()
+    time.sleep(sample_s)
+    total2, idle2 = read()
+    return (os.cpu_count() or 1) * (1 - (idle2 - idle) / max(total2 - total, 1))
+
+
+def command_line() -> str:
+    python = Path(sys.executable)
+    shown = os.path.relpath(python, REPO) if REPO in python.parents else str(python)
+    script = os.path.relpath(Path(__file__).resolve(), REPO)
+    return shlex.join([shown, script, *sys.argv[1:]])
+
+
+def measure(s: Settings, root: Path) -> Result:
+    started = time.perf_counter()
+    state = make_state(s)
+    first_touch_s = time.perf_counter() - started
+    state_bytes = sum(t.nbytes for t in state.values())
+    print(f"state: {state_bytes / MIB:.0f} MiB, created in {first_touch_s:.2f} s", flush=True)
+    with (
+        LocalCluster.start(replicas=1, job=JOB) as cluster,
+        Worker(cluster.coordinators, worker_id=WORKER_ID, job=JOB) as worker,
+        CheckpointManager(
+            worker, f"file://{root}/dtr", queue_path=root / "commits.sqlite"
+        ) as manager,
+    ):
+        savers = Savers(state, manager, root)
+        try:
+            saves = save_costs(savers, s)
+            load = compute_costs(savers, s)
+        finally:
+            savers.stager.close()
+        etcd = cluster.owned_etcd.version if cluster.owned_etcd else "unknown"
+    assert savers.raw is not None
+    s3 = compare_uploads(savers.raw[: s.s3_bytes], root, s.s3_repetitions, s.s3_budget_s)
+    return {
+        "blocking_stager_problem": blocking_stager_problem(),
+        "state": {
+            "bytes": state_bytes,
+            "tensors": len(state),
+            "first_touch_s": first_touch_s,
+        },
+        "saves": saves,
+        "load": load,
+        "s3": s3,
+        "etcd": etcd,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a small state: a smoke test")
+    args = parser.parse_args()
+    s = quick_settings() if args.quick else Settings()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    loadavg_at_start = os.getloadavg()
+    busy_at_start = busy_cpus()
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="dtr-bench-ckpt-"))
+    try:
+        measured = measure(s, root)
+        file_system = file_system_of(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    meta = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "boto3": boto3.__version__,
+        "moto": moto.__version__,
+        "etcd": measured.pop("etcd"),
+        "file_system": file_system,
+        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30),
+        "command": command_line(),
+        "quick": args.quick,
+        "settings": dataclasses.asdict(s),
+        "wall_s": time.monotonic() - started,
+        "loadavg_at_start": loadavg_at_start,
+        "busy_cpus_before_start": busy_at_start,
+        "loadavg_at_end": os.getloadavg(),
+    }
+    payload = {"meta": meta, **measured}
+    text = render(payload)
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "checkpoint.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (RESULTS / "checkpoint.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
