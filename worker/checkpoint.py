@@ -36,7 +36,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +114,7 @@ class CheckpointManager:
         replicated: bool = False,
         writer: bool = True,
         replica_wait_s: float = 600.0,
+        on_commit: Callable[[CommitRecord, CommitAck], None] | None = None,
     ) -> None:
         """Validate, open storage and the commit queue, and start replaying queued commits.
 
@@ -121,7 +122,8 @@ class CheckpointManager:
         ``endpoint_url``, ``region``, part sizes; ``$DTR_S3_ENDPOINT`` also works).
         ``replicated``: every member holds the same state; only the member with
         ``writer=True`` writes it, the others wait up to ``replica_wait_s`` for
-        it and commit the same part (``worker/replicated.py``).
+        it and commit the same part (``worker/replicated.py``). ``on_commit`` is
+        called (on the flusher thread) with every record the coordinator answered.
         """
         if (
             isinstance(max_in_flight, bool)
@@ -140,6 +142,7 @@ class CheckpointManager:
         self._worker, self.keep, self.checksum, self.when_full = worker, keep, checksum, when_full
         self.replicated, self.writer, self.replica_wait_s = replicated, writer, replica_wait_s
         self._stopping = threading.Event()
+        self._on_commit = on_commit
         self.storage: Storage = open_storage(uri, **(storage_options or {}))
         path = Path(queue_path) if queue_path else default_queue_path(worker.job, worker.worker_id)
         self._queue = CommitQueue(path)
@@ -287,6 +290,8 @@ class CheckpointManager:
 
     def _on_outcome(self, record: CommitRecord, ack: CommitAck) -> None:
         """Learn complete steps from acks; delete own parts that can never be loaded."""
+        if self._on_commit is not None:
+            self._on_commit(record, ack)
         if ack.step_complete:
             self._complete.add(record.step)
         if ack.latest_complete_step is not None:

@@ -49,6 +49,7 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
 )
+AnswerListener = Callable[[str, str, pb.ResponseHeader, bool], None]
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):(?P<port>\d+)$")
 _FORGET_LEADER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -105,6 +106,10 @@ class CoordinatorClient:
         self.generation = 0
         #: time.monotonic() of the last answer from any coordinator (0: never).
         self.last_answer_at = 0.0
+        #: Called with (method, address, header, accepted_write) after every
+        #: answered call, on the calling thread: for tracing and the chaos
+        #: harness's history. A listener must be quick and must not raise.
+        self.answer_listeners: list[AnswerListener] = []
 
     # -- targets ----------------------------------------------------------------
     @property
@@ -194,6 +199,8 @@ class CoordinatorClient:
                 self.note_failure(address, err)
                 raise
             self.note_answer(address, response.header, accepted_write=mutating)
+            for listener in self.answer_listeners:
+                listener(method, address, response.header, mutating)
             return response
 
         try:

@@ -173,6 +173,8 @@ class HeartbeatLoop:
             for response in call:
                 answered = True
                 self._client.note_answer(address, response.header, accepted_write=True)
+                for listener in self._client.answer_listeners:
+                    listener("HeartbeatStream", address, response.header, True)
                 incarnation = self._answered(response.acked_sequence)
                 if response.status != pb.WORKER_STATUS_OK:
                     return self._handle(response.status, incarnation) and not self._stop.is_set()

@@ -46,7 +46,7 @@ from dtr.retry import RetryPolicy
 
 from .assignment import ShardAssignment
 from .checkpoint_rpc import LatestCheckpoint, fetch_latest, send_commit
-from .client import CoordinatorClient
+from .client import AnswerListener, CoordinatorClient
 from .commit_flusher import CommitAck
 from .commit_queue import CommitRecord
 from .heartbeats import HeartbeatLoop
@@ -164,6 +164,14 @@ class Worker:
     def generation(self) -> int:
         """The newest membership generation any coordinator answer carried."""
         return self._client.generation
+
+    def add_answer_listener(self, listener: AnswerListener) -> None:
+        """Call ``listener(method, address, header, accepted_write)`` after every answer.
+
+        For tracing and the chaos harness; it runs on the calling thread (the
+        training thread or the heartbeat thread), so it must be quick.
+        """
+        self._client.answer_listeners.append(listener)
 
     @property
     def leader_address(self) -> str | None:

@@ -1,0 +1,124 @@
+"""The harness's own observations: status polls during a run, the final state after it.
+
+``StatusPoller`` asks the cluster for ``ClusterStatus`` on a background
+thread and records what the checkers need from it: ``membership`` events
+(generation → live members; the barrier and shard checkers judge against
+them) and ``status`` events (the latest complete step, which must never move
+back). ``capture_final_state`` gathers the end-of-run facts of
+``FinalState``: the complete steps and whether each part's bytes verify on
+storage, the leader, the live workers and the commits still queued.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from dtr.errors import DtrError
+from dtr.storage import Checksum, open_storage
+from dtr.worker.checkpoint_rpc import LatestCheckpoint, fetch_latest
+from dtr.worker.client import CoordinatorClient
+from dtr.worker.commit_queue import CommitQueue
+
+from .checker_base import FinalState
+from .cluster import LocalCluster
+from .history import Event, EventType, History
+
+PROCESS = "harness"
+
+
+class StatusPoller:
+    """Records ``membership`` and ``status`` events every ``interval_s`` until stopped."""
+
+    def __init__(self, cluster: LocalCluster, history: History, interval_s: float = 0.5) -> None:
+        self._cluster, self._history, self.interval_s = cluster, history, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dtr-chaos-status", daemon=True)
+        self.polls = 0
+
+    def start(self) -> StatusPoller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def poll(self) -> None:
+        """One poll; a cluster that does not answer is simply not observed this time."""
+        op_id = self._history.op_id(PROCESS)
+        self._record("invoke", "status", {}, op_id)
+        try:
+            status = self._cluster.status(timeout_s=2.0)
+        except DtrError as err:
+            self._record("fail", "status", {"error": type(err).__name__}, op_id)
+            return
+        latest = status.latest_checkpoint.step if status.HasField("latest_checkpoint") else None
+        self._record("ok", "status", {"latest_step": latest}, op_id)
+        if status.HasField("leader"):  # a follower's view of membership may lag; still a fact
+            members = sorted(w.id for w in status.workers if w.alive)
+            value = {"generation": status.generation, "members": members}
+            self._record("ok", "membership", value, None, generation=status.generation)
+        self.polls += 1
+
+    def _record(
+        self,
+        kind: EventType,
+        f: str,
+        value: dict[str, object],
+        op_id: str | None,
+        generation: int | None = None,
+    ) -> None:
+        event = Event(self._history.clock(), PROCESS, kind, f, value, op_id, generation=generation)
+        self._history.record(event)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+
+def capture_final_state(
+    cluster: LocalCluster, storage_uri: str, queues: Mapping[str, Path]
+) -> FinalState:
+    """The end-of-run facts: complete steps (parts verified on storage), leader, workers, queues."""
+    status = cluster.status()
+    client = CoordinatorClient(cluster.endpoints, job=cluster.job, caller_id="dtr-chaos")
+    complete: dict[int, tuple[str, ...]] = {}
+    verified: dict[tuple[int, str], bool] = {}
+    try:
+        latest = fetch_latest(client)
+        while latest is not None:
+            complete[latest.step] = tuple(p.worker_id for p in latest.parts)
+            verified.update(_verify(storage_uri, latest))
+            latest = fetch_latest(client, before_step=latest.step)
+    finally:
+        client.close()
+    pending = {}
+    for worker_id, path in queues.items():
+        with CommitQueue(path) as queue:
+            pending[worker_id] = queue.depth
+    return FinalState(
+        complete_steps=complete,
+        latest_step=status.latest_checkpoint.step if status.HasField("latest_checkpoint") else None,
+        verified_parts=verified,
+        leader=status.leader.id if status.HasField("leader") else None,
+        live_workers=tuple(sorted(w.id for w in status.workers if w.alive)),
+        pending_commits=pending,
+    )
+
+
+def _verify(storage_uri: str, latest: LatestCheckpoint) -> dict[tuple[int, str], bool]:
+    storage = open_storage(storage_uri)
+    result = {}
+    try:
+        for part in latest.parts:
+            try:
+                expected = Checksum.of(part.algorithm, part.hex_digest)
+                storage.read_verified(storage.name_of(part.uri), expected, part.size_bytes)
+                result[(latest.step, part.worker_id)] = True
+            except DtrError:
+                result[(latest.step, part.worker_id)] = False
+    finally:
+        storage.close()
+    return result

@@ -1,0 +1,241 @@
+"""A chaos worker: a small real training loop that records what it sees into a history.
+
+``python -m dtr.chaos.workload --coordinators A,B --job J --worker-id W
+--history PATH --start T0 --checkpoint URI --queue PATH`` trains an MLP on
+synthetic data with ``Worker``, ``ShardSampler`` and ``CheckpointManager``,
+the way a user's script does, and appends every operation to its own JSONL
+history (``dtr.chaos.history``) on the harness's clock (``--start`` is the
+harness's monotonic zero). It is what the nemesis kills, pauses and cuts off;
+the checkers read what it wrote.
+
+What it records (the schema ``dtr.chaos.checkers`` reads): ``register``,
+``load`` (the step resumed from), ``get_shards`` (per epoch), ``train`` (per
+step), ``save`` (invoke at ``save_async``, ok when durable and queued),
+``commit`` (each answered commit record), ``barrier`` (per epoch end) and
+``write`` (every mutating call a coordinator accepted, with its term and
+replica). It exits 0 after ``--steps`` steps, once every commit is answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from dtr.errors import DtrError
+from dtr.proto import coordinator_pb2 as pb
+from dtr.worker import CheckpointManager, SaveResult, ShardSampler, Worker
+from dtr.worker.commit_flusher import CommitAck
+from dtr.worker.commit_queue import CommitRecord
+
+from .history import Event, EventType, History
+
+_T = TypeVar("_T")
+FEATURES, CLASSES, SHARD_SIZE = 16, 4, 32
+
+
+class Recorder:
+    """Events of one process: ``invoke`` then ``ok`` / ``fail`` / ``info`` for each operation."""
+
+    def __init__(self, history: History, process: str) -> None:
+        self.history, self.process = history, process
+
+    def event(
+        self, kind: EventType, f: str, value: dict[str, Any], op_id: str | None = None, **extra: Any
+    ) -> None:
+        self.history.record(
+            Event(self.history.clock(), self.process, kind, f, value, op_id, **extra)
+        )
+
+    def call(
+        self,
+        f: str,
+        value: dict[str, Any],
+        run: Callable[[], _T],
+        done: Callable[[_T], dict[str, Any]],
+    ) -> _T:
+        """Run ``run`` between an invoke and its outcome; a ``DtrError`` is recorded as fail."""
+        op_id = self.history.op_id(self.process)
+        self.event("invoke", f, value, op_id)
+        try:
+            result = run()
+        except DtrError as err:
+            self.event("fail", f, {**value, "error": type(err).__name__}, op_id)
+            raise
+        except BaseException as err:
+            self.event("info", f, {**value, "error": type(err).__name__}, op_id)
+            raise
+        self.event("ok", f, done(result), op_id)
+        return result
+
+
+def synthetic_data(num_samples: int) -> torch.utils.data.TensorDataset:
+    """Inputs from a fixed seed, labels from a fixed linear teacher: the same on every worker."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(num_samples, FEATURES, generator=generator)
+    teacher = torch.randn(FEATURES, CLASSES, generator=generator)
+    return torch.utils.data.TensorDataset(inputs, (inputs @ teacher).argmax(dim=1))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dtr.chaos.workload", description=__doc__)
+    for flag in ("--coordinators", "--job", "--worker-id", "--history", "--checkpoint", "--queue"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--start", type=float, required=True, help="the harness's monotonic zero")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--save-every", type=int, default=20)
+    parser.add_argument("--shards", type=int, default=32)
+    parser.add_argument("--heartbeat-interval-s", type=float, default=0.5)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(1)
+    with History(Path(args.history), start=args.start) as history:
+        recorder = Recorder(history, f"worker:{args.worker_id}")
+        worker = recorder.call(
+            "register",
+            {},
+            lambda: Worker(
+                args.coordinators,
+                worker_id=args.worker_id,
+                job=args.job,
+                heartbeat_interval_s=args.heartbeat_interval_s,
+            ),
+            lambda w: {"incarnation": w.incarnation},
+        )
+        worker.add_answer_listener(_write_recorder(recorder))
+        with (
+            worker,
+            CheckpointManager(
+                worker, args.checkpoint, queue_path=args.queue, on_commit=_commit_recorder(recorder)
+            ) as manager,
+        ):
+            train(args, worker, manager, recorder)
+            manager.wait(timeout_s=120)
+            # Leave together: a member that deregisters before the others'
+            # commits of the last steps arrive bumps the generation, and
+            # those steps can then never complete.
+            _barrier(worker, recorder, "done")
+    return 0
+
+
+def _write_recorder(recorder: Recorder) -> Callable[[str, str, pb.ResponseHeader, bool], None]:
+    def record(method: str, address: str, header: pb.ResponseHeader, accepted: bool) -> None:
+        if accepted and header.term:
+            value = {"replica": header.replica_id, "method": method}
+            recorder.event("ok", "write", value, term=header.term, generation=header.generation)
+
+    return record
+
+
+def _commit_recorder(recorder: Recorder) -> Callable[[CommitRecord, CommitAck], None]:
+    def record(commit: CommitRecord, ack: CommitAck) -> None:
+        value = {
+            "step": commit.step,
+            "outcome": str(ack.outcome),
+            "step_complete": ack.step_complete,
+            "latest_complete_step": ack.latest_complete_step,
+        }
+        recorder.event("ok", "commit", value, generation=commit.generation)
+
+    return record
+
+
+def train(
+    args: argparse.Namespace, worker: Worker, manager: CheckpointManager, recorder: Recorder
+) -> None:
+    """The loop: resume, then epochs of shards with saves and an end-of-epoch barrier."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, 32), torch.nn.ReLU(), torch.nn.Linear(32, CLASSES)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state, step = recorder.call(
+        "load", {}, lambda: manager.load_latest(default=(None, 0)), lambda r: {"step": r[1] or None}
+    )
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["opt"])
+    worker.register_dataset("chaos", args.shards)
+    sampler = ShardSampler(worker, "chaos", shard_size=SHARD_SIZE)
+    loader = torch.utils.data.DataLoader(
+        synthetic_data(args.shards * SHARD_SIZE), sampler=sampler, batch_size=16
+    )
+    epoch = 0
+    while step < args.steps:
+        sampler.set_epoch(epoch)
+        len(sampler)  # fetches this epoch's assignment
+        _record_assignment(recorder, sampler, epoch)
+        for inputs, labels in loader:
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            step += 1
+            worker.report_progress(step)
+            recorder.event("ok", "train", {"step": step, "loss": round(float(loss), 4)})
+            if step % args.save_every == 0:
+                _save(
+                    manager,
+                    recorder,
+                    {"model": model.state_dict(), "opt": optimizer.state_dict()},
+                    step,
+                )
+            if step >= args.steps:
+                break
+        _barrier(worker, recorder, f"epoch-{epoch}")
+        epoch += 1
+
+
+def _record_assignment(recorder: Recorder, sampler: ShardSampler, epoch: int) -> None:
+    assignment = sampler.assignment
+    if assignment is None:
+        return
+    value = {
+        "dataset": assignment.dataset,
+        "epoch": epoch,
+        "shard_ids": list(assignment.shard_ids),
+        "num_shards": assignment.num_shards,
+        "stale": assignment.stale,
+    }
+    recorder.event("ok", "get_shards", value, generation=assignment.generation)
+
+
+def _save(manager: CheckpointManager, recorder: Recorder, state: dict[str, Any], step: int) -> None:
+    op_id = recorder.history.op_id(recorder.process)
+    recorder.event("invoke", "save", {"step": step}, op_id)
+    future = manager.save_async(state, step)
+    lock = threading.Lock()
+
+    def done(finished: Future[SaveResult]) -> None:
+        with lock:
+            error = finished.exception()
+            if error is None:
+                recorder.event("ok", "save", {"step": step}, op_id)
+            else:
+                recorder.event("fail", "save", {"step": step, "error": type(error).__name__}, op_id)
+
+    future.add_done_callback(done)
+
+
+def _barrier(worker: Worker, recorder: Recorder, name: str) -> None:
+    # A failure is recorded; membership changes are expected under chaos.
+    with contextlib.suppress(DtrError):
+        recorder.call(
+            "barrier",
+            {"name": name, "generation": worker.generation},
+            lambda: worker.barrier(name, timeout_s=60),
+            lambda generation: {"name": name, "generation": generation},
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
