@@ -49,16 +49,18 @@ def test_a_cut_off_worker_trains_on_cached_shards_then_rejoins_the_new_generatio
 
         for proxy in proxied.proxies:
             proxy.blackhole()
-        # Training goes on: each epoch's shards come from the cache, quickly.
+        # Training goes on: each epoch's shards come from the cache, quickly,
+        # until the leader has declared the cut worker dead.
         epoch, cut_at = 1, time.monotonic()
-        while kept.shard_assignment("tokens", epoch).shard_ids != tuple(range(NUM_SHARDS)):
+        while True:
             started = time.monotonic()
             stale = cut.shard_assignment("tokens", epoch)
             assert stale.stale and stale.shard_ids == before.shard_ids
             assert time.monotonic() - started < 4.0
-            assert time.monotonic() - cut_at < 60, "the cut worker was never declared dead"
             epoch += 1
-        assert epoch > 1, "at least one epoch ran on the cache"
+            if kept.shard_assignment("tokens", epoch).shard_ids == tuple(range(NUM_SHARDS)):
+                break
+            assert time.monotonic() - cut_at < 60, "the cut worker was never declared dead"
         assert kept.generation > before.generation  # the leader moved on without it
 
         for proxy in proxied.proxies:
