@@ -19,6 +19,11 @@ flows:
 - ``delay(seconds)``: each chunk leaves ``seconds`` after it arrived, in
   order (latency, not a bandwidth cap).
 - ``drop_new()``: new connections are closed at once; existing ones pass.
+- ``cut_off(clients)``: a blackhole for the clients a filter picks (by the
+  ``(host, port)`` the proxy sees), bytes pass for every other. Every worker
+  reaches a replica through the one proxy the replica advertises, so this is
+  how one worker is partitioned alone (``sockets.py`` tells its connections
+  from the others'). Any other switch, ``heal()`` included, ends the cut.
 
 A switch acts on existing and new connections alike and returns once the
 proxy's loop applied it; chunks held back by a delay obey the mode of the
@@ -46,9 +51,9 @@ from typing import Any, TypeVar
 from dtr.errors import DtrError, InvalidArgument
 
 from .coordinator_process import LOOPBACK
-from .proxy_relay import ProxyMode, Relay
+from .proxy_relay import ClientFilter, ProxyMode, Relay
 
-__all__ = ["ProxyError", "ProxyMode", "TcpProxy"]
+__all__ = ["ClientFilter", "ProxyError", "ProxyMode", "TcpProxy"]
 
 _T = TypeVar("_T")
 
@@ -105,6 +110,11 @@ class TcpProxy:
         return self._relay.mode
 
     @property
+    def is_cutting(self) -> bool:
+        """Whether some clients are cut off (``cut_off``) now."""
+        return self._relay.cut is not None
+
+    @property
     def delay_s(self) -> float:
         """The latency added to each chunk; 0 unless the mode is ``delay``."""
         return self._relay.delay_s
@@ -147,13 +157,23 @@ class TcpProxy:
     def drop_new(self) -> None:
         self._set_mode(ProxyMode.DROP_NEW)
 
-    def _set_mode(self, mode: ProxyMode, delay_s: float = 0.0) -> None:
+    def cut_off(self, clients: ClientFilter) -> None:
+        """Blackhole the connections of the clients ``clients`` picks; the others pass.
+
+        The filter runs on the proxy's loop, for each open connection now and
+        each new one: it must be quick and must not block.
+        """
+        self._set_mode(ProxyMode.HEAL, cut=clients)
+
+    def _set_mode(
+        self, mode: ProxyMode, delay_s: float = 0.0, cut: ClientFilter | None = None
+    ) -> None:
         self._refuse_own_thread()
         with self._control:
             if self._loop is None or self._closed:
-                self._relay.mode, self._relay.delay_s = mode, delay_s
+                self._relay.mode, self._relay.delay_s, self._relay.cut = mode, delay_s, cut
             else:
-                self._call(self._relay.switch(mode, delay_s))
+                self._call(self._relay.switch(mode, delay_s, cut))
 
     # --- lifecycle ------------------------------------------------------------------
 

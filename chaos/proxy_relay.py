@@ -20,8 +20,9 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 
-__all__ = ["ProxyMode", "Relay"]
+__all__ = ["ClientFilter", "ProxyMode", "Relay"]
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ CONNECT_TIMEOUT_S = 5.0
 LINGER_S = 2.0  # a graceful close that cannot flush in this long is aborted
 END_TIMEOUT_S = 10.0
 _Chunk = tuple[float, bytes]  # (monotonic arrival time, data); b"" is the EOF
+#: Picks clients by their ``(host, port)`` as the proxy sees them: True cuts one off.
+ClientFilter = Callable[[tuple[str, int]], bool]
 
 
 class ProxyMode(enum.StrEnum):
@@ -60,7 +63,14 @@ class _Link:
         self.upstream: asyncio.StreamWriter | None = None
         # Lost bytes, or never reached the target: can never carry traffic again.
         self.is_broken = False
+        # Its client is cut off (``Relay.cut``): treated as in a blackhole whatever the mode.
+        self.is_cut = False
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        name = self.client.get_extra_info("peername")
+        return (str(name[0]), int(name[1])) if isinstance(name, tuple) else None
 
     def _writers(self) -> list[asyncio.StreamWriter]:
         return [w for w in (self.client, self.upstream) if w is not None]
@@ -91,6 +101,7 @@ class Relay:
         self._host, self._port = host, port
         self.mode = ProxyMode.HEAL
         self.delay_s = 0.0
+        self.cut: ClientFilter | None = None
         self.accepted = 0
         self.forwarded_bytes = 0
         self.discarded_bytes = 0
@@ -103,17 +114,20 @@ class Relay:
 
     # --- control ------------------------------------------------------------------
 
-    async def switch(self, mode: ProxyMode, delay_s: float) -> None:
-        """Apply a mode; return once the connections it ends are closed.
+    async def switch(self, mode: ProxyMode, delay_s: float, cut: ClientFilter | None) -> None:
+        """Apply a mode and the clients cut off; return once the connections it ends are closed.
 
-        Leaving a blackhole ends the links that lost bytes: a stream with a
-        hole cannot resume.
+        Leaving a blackhole (or a cut) ends the links that lost bytes: a
+        stream with a hole cannot resume.
         """
-        self.mode, self.delay_s = mode, delay_s
+        self.mode, self.delay_s, self.cut = mode, delay_s, cut
+        for link in self._links:
+            link.is_cut = self._is_cut(link)
         doomed = [
             link
             for link in self._links
-            if mode is ProxyMode.RESET or (mode is not ProxyMode.BLACKHOLE and link.is_broken)
+            if mode is ProxyMode.RESET
+            or (mode is not ProxyMode.BLACKHOLE and link.is_broken and not link.is_cut)
         ]
         await self._end(doomed)
         changed, self._changed = self._changed, asyncio.Event()
@@ -138,6 +152,7 @@ class Relay:
         """The listener's callback: reset, drop, or serve a new connection by the mode."""
         self.accepted += 1
         link = _Link(writer)
+        link.is_cut = self._is_cut(link)
         if self.mode is ProxyMode.RESET:
             link.abort()
             return
@@ -148,6 +163,17 @@ class Relay:
         self._links.add(link)
         link.task.add_done_callback(lambda task: self._forget(link, task))
 
+    def _is_cut(self, link: _Link) -> bool:
+        """Whether the filter cuts the link's client off; a filter that fails cuts nothing."""
+        peer = link.peer
+        if self.cut is None or peer is None:
+            return False
+        try:
+            return bool(self.cut(peer))
+        except Exception:
+            _log.exception("proxy to %s: the client filter failed", self.target)
+            return False
+
     def _forget(self, link: _Link, task: asyncio.Task[None]) -> None:
         self._links.discard(link)
         if not task.cancelled() and task.exception() is not None:
@@ -156,7 +182,7 @@ class Relay:
     async def _serve(self, link: _Link, client: asyncio.StreamReader) -> None:
         """Relay one connection until both sides end; RST both sides on any failure."""
         try:
-            if self.mode is ProxyMode.BLACKHOLE:
+            if self.mode is ProxyMode.BLACKHOLE or link.is_cut:
                 await self._swallow(link, client)
             else:
                 dialled = asyncio.open_connection(self._host, self._port)
@@ -201,7 +227,7 @@ class Relay:
     ) -> None:
         while True:
             arrived, data = await queue.get()
-            if not await self._is_released(arrived):
+            if not await self._is_released(arrived, link):
                 link.is_broken = True
                 self.discarded_bytes += len(data)
                 if not data:
@@ -215,11 +241,11 @@ class Relay:
             await writer.drain()
             self.forwarded_bytes += len(data)
 
-    async def _is_released(self, arrived: float) -> bool:
+    async def _is_released(self, arrived: float, link: _Link) -> bool:
         """Wait until a chunk may leave under the current mode; False: it is dropped."""
         while True:
             changed = self._changed
-            if self.mode is ProxyMode.BLACKHOLE:
+            if self.mode is ProxyMode.BLACKHOLE or link.is_cut:
                 return False
             delay_s = self.delay_s if self.mode is ProxyMode.DELAY else 0.0
             remaining_s = arrived + delay_s - time.monotonic()

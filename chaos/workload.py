@@ -11,17 +11,30 @@ the checkers read what it wrote.
 What it records (the schema ``dtr.chaos.checkers`` reads): ``register``,
 ``load`` (the step resumed from), ``get_shards`` (per epoch), ``train`` (per
 step), ``save`` (invoke at ``save_async``, ok when durable and queued),
-``commit`` (each answered commit record), ``barrier`` (per epoch end) and
+``commit`` (each answered commit record), ``barrier`` (after each save) and
 ``write`` (every mutating call a coordinator accepted, with its term and
 replica). It exits 0 after ``--steps`` steps, once every commit is answered.
+
+``--step-time-s`` adds that much simulated compute to every step: the MLP
+trains a step in about a millisecond, so without it a run's length would be
+set by the machine's speed; with it, ``steps x step time`` sizes a run that
+lasts as long as the chaos schedule, on any machine.
+
+Workers keep in step the way data-parallel ranks do: a barrier named after
+the step (``step-<n>``) follows every save, so a worker that restarts from
+the latest complete step replays steps whose barriers were already released
+(a released barrier stays released) and meets the others at the step where
+they wait. On ``MembershipChanged`` a worker arrives again under the new
+generation, as ``Worker.barrier`` asks; any other barrier failure is recorded
+and training goes on.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,7 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from dtr.errors import DtrError
+from dtr.errors import DtrError, MembershipChanged
 from dtr.proto import coordinator_pb2 as pb
 from dtr.worker import CheckpointManager, SaveResult, ShardSampler, Worker
 from dtr.worker.commit_flusher import CommitAck
@@ -39,6 +52,8 @@ from .history import Event, EventType, History
 
 _T = TypeVar("_T")
 FEATURES, CLASSES, SHARD_SIZE = 16, 4, 32
+#: Arrivals at one barrier at most: each membership change costs one more.
+BARRIER_ATTEMPTS = 5
 
 
 class Recorder:
@@ -93,6 +108,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=20)
     parser.add_argument("--shards", type=int, default=32)
     parser.add_argument("--heartbeat-interval-s", type=float, default=0.5)
+    parser.add_argument("--step-time-s", type=float, default=0.0, help="simulated compute per step")
+    parser.add_argument("--barrier-timeout-s", type=float, default=60.0)
     return parser.parse_args(argv)
 
 
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             # Leave together: a member that deregisters before the others'
             # commits of the last steps arrive bumps the generation, and
             # those steps can then never complete.
-            _barrier(worker, recorder, "done")
+            _barrier(worker, recorder, "done", args.barrier_timeout_s)
     return 0
 
 
@@ -153,7 +170,7 @@ def _commit_recorder(recorder: Recorder) -> Callable[[CommitRecord, CommitAck], 
 def train(
     args: argparse.Namespace, worker: Worker, manager: CheckpointManager, recorder: Recorder
 ) -> None:
-    """The loop: resume, then epochs of shards with saves and an end-of-epoch barrier."""
+    """The loop: resume, then epochs of shards, a save and a barrier every ``save_every`` steps."""
     model = torch.nn.Sequential(
         torch.nn.Linear(FEATURES, 32), torch.nn.ReLU(), torch.nn.Linear(32, CLASSES)
     )
@@ -179,19 +196,17 @@ def train(
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            if args.step_time_s > 0:
+                time.sleep(args.step_time_s)  # the rest of a real step's compute
             step += 1
             worker.report_progress(step)
             recorder.event("ok", "train", {"step": step, "loss": round(float(loss), 4)})
             if step % args.save_every == 0:
-                _save(
-                    manager,
-                    recorder,
-                    {"model": model.state_dict(), "opt": optimizer.state_dict()},
-                    step,
-                )
+                state = {"model": model.state_dict(), "opt": optimizer.state_dict()}
+                _save(manager, recorder, state, step)
+                _barrier(worker, recorder, f"step-{step}", args.barrier_timeout_s)
             if step >= args.steps:
                 break
-        _barrier(worker, recorder, f"epoch-{epoch}")
         epoch += 1
 
 
@@ -226,15 +241,25 @@ def _save(manager: CheckpointManager, recorder: Recorder, state: dict[str, Any],
     future.add_done_callback(done)
 
 
-def _barrier(worker: Worker, recorder: Recorder, name: str) -> None:
-    # A failure is recorded; membership changes are expected under chaos.
-    with contextlib.suppress(DtrError):
-        recorder.call(
-            "barrier",
-            {"name": name, "generation": worker.generation},
-            lambda: worker.barrier(name, timeout_s=60),
-            lambda generation: {"name": name, "generation": generation},
-        )
+def _barrier(worker: Worker, recorder: Recorder, name: str, timeout_s: float) -> None:
+    """Arrive at ``name``; again under the new generation after a membership change.
+
+    Every attempt is recorded; failures are expected under chaos, so none
+    stops training.
+    """
+    for _ in range(BARRIER_ATTEMPTS):
+        try:
+            recorder.call(
+                "barrier",
+                {"name": name, "generation": worker.generation},
+                lambda: worker.barrier(name, timeout_s=timeout_s),
+                lambda generation: {"name": name, "generation": generation},
+            )
+        except MembershipChanged:
+            continue
+        except DtrError:
+            return
+        return
 
 
 if __name__ == "__main__":

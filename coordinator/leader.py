@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dtr.errors import CoordinatorUnavailable, DtrError, NotLeader, StoreUnavailable
 from dtr.keys import JobKeys
@@ -274,10 +274,16 @@ class Coordinator:
     ) -> Outcome:
         """Arrive (idempotently) and wait up to ``wait_s`` for the barrier's fate."""
         await self._leading_term()
-        check_arrival(self._view, worker_id, believed_generation)
         state = await self._barrier(name)
         if state.released:
-            return state.outcome(self._view)
+            # A retry of an arrival answers RELEASED whatever the generation is
+            # now; a worker that was not part of the generation it was
+            # released for (it joined, or restarted, later) never synchronized
+            # with anyone there, so "released" would be a lie.
+            if worker_id in state.arrived:
+                return state.outcome(self._view)
+            return replace(state.outcome(self._view), status="membership_changed")
+        check_arrival(self._view, worker_id, believed_generation)
         done = self.barriers.waiter(state)
         if worker_id not in state.arrived:
             self.barriers.pending.setdefault(name, set()).add(worker_id)

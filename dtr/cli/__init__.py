@@ -1,7 +1,7 @@
 """The ``dtr`` command: the composition root that dispatches to every part (DESIGN §2-3).
 
 One module per command (``etcd_command``, ``coordinator_command``,
-``up_command``, ``status_command``), each with an ``add_<name>_command``
+``up_command``, ``status_command``, ``chaos_command``), each with an ``add_<name>_command``
 that declares its options and a ``run_<name>`` that does the work. Heavy
 modules (gRPC, the etcd launcher and client, the coordinator, the chaos
 launcher) are imported inside the ``run_*`` functions only, so ``import
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from dtr.errors import DtrError
 
+from .chaos_command import add_chaos_command
 from .config_file import CONFIG_ENV, config_values, load_config
 from .coordinator_command import add_coordinator_command
 from .etcd_command import add_etcd_command
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_coordinator_command(commands)
     add_up_command(commands)
     add_status_command(commands)
+    add_chaos_command(commands)
     return parser
 
 

@@ -156,7 +156,9 @@ class CoordinatorServicer:
         arrived at the named barrier (DESIGN §5 invariant 2). Idempotency key:
         (job, name, worker_id, generation): calling again after a lost answer,
         a timeout or a leader change re-joins the same arrival, never a second
-        one, and a released barrier answers RELEASED to every late retry.
+        one, and a released barrier answers RELEASED to every late retry of a
+        worker that arrived, and MEMBERSHIP_CHANGED to a worker that was not part
+        of the generation it was released for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -124,7 +124,9 @@ class CoordinatorStub:
     arrived at the named barrier (DESIGN §5 invariant 2). Idempotency key:
     (job, name, worker_id, generation): calling again after a lost answer,
     a timeout or a leader change re-joins the same arrival, never a second
-    one, and a released barrier answers RELEASED to every late retry.
+    one, and a released barrier answers RELEASED to every late retry of a
+    worker that arrived, and MEMBERSHIP_CHANGED to a worker that was not part
+    of the generation it was released for.
     """
     CommitCheckpoint: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CommitCheckpointRequest, _coordinator_pb2.CommitCheckpointResponse]
     """Records that one worker's part of a checkpoint step is durable on
@@ -186,7 +188,9 @@ class CoordinatorAsyncStub(CoordinatorStub):
     arrived at the named barrier (DESIGN §5 invariant 2). Idempotency key:
     (job, name, worker_id, generation): calling again after a lost answer,
     a timeout or a leader change re-joins the same arrival, never a second
-    one, and a released barrier answers RELEASED to every late retry.
+    one, and a released barrier answers RELEASED to every late retry of a
+    worker that arrived, and MEMBERSHIP_CHANGED to a worker that was not part
+    of the generation it was released for.
     """
     CommitCheckpoint: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CommitCheckpointRequest, _coordinator_pb2.CommitCheckpointResponse]  # type: ignore[assignment]
     """Records that one worker's part of a checkpoint step is durable on
@@ -287,7 +291,9 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         arrived at the named barrier (DESIGN §5 invariant 2). Idempotency key:
         (job, name, worker_id, generation): calling again after a lost answer,
         a timeout or a leader change re-joins the same arrival, never a second
-        one, and a released barrier answers RELEASED to every late retry.
+        one, and a released barrier answers RELEASED to every late retry of a
+        worker that arrived, and MEMBERSHIP_CHANGED to a worker that was not part
+        of the generation it was released for.
         """
 
     @_abc_1.abstractmethod

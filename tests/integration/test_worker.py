@@ -19,6 +19,7 @@ from dtr.errors import (
     BarrierTimeout,
     CoordinatorUnavailable,
     InvalidArgument,
+    MembershipChanged,
     NotFound,
     WorkerSuperseded,
     WrongJob,
@@ -228,6 +229,17 @@ def test_a_barrier_names_the_missing_worker_when_it_times_out(single: LocalClust
         with pytest.raises(BarrierTimeout, match="late") as raised:
             punctual.barrier("step-1", timeout_s=1.0)
         assert "1/2 arrived" in str(raised.value)
+
+
+def test_a_released_barrier_tells_a_late_joiner_it_was_not_part_of_it(
+    single: LocalCluster,
+) -> None:
+    with join(single, "early") as early:
+        released = early.barrier("warm-up", timeout_s=10)
+        with join(single, "late") as late:
+            with pytest.raises(MembershipChanged, match="warm-up"):
+                late.barrier("warm-up", timeout_s=10)
+            assert early.barrier("warm-up", timeout_s=10) == released  # a retry: still released
 
 
 def test_a_newer_process_with_the_same_id_supersedes_the_old_one(single: LocalCluster) -> None:

@@ -243,6 +243,44 @@ def test_drop_new_closes_new_connections_and_keeps_existing_ones(proxy: TcpProxy
         assert round_trip(old, b"still") == b"still"
 
 
+def test_cutting_off_one_client_silences_it_while_the_others_pass(proxy: TcpProxy) -> None:
+    with connect(proxy) as kept, connect(proxy) as cut:
+        assert round_trip(kept, b"ping") == b"ping" and round_trip(cut, b"ping") == b"ping"
+        cut_port = cut.getsockname()[1]
+        proxy.cut_off(lambda peer: peer[1] == cut_port)
+        cutting = proxy.is_cutting
+        assert cutting and proxy.mode is ProxyMode.HEAL
+        cut.sendall(b"lost")
+        assert is_silent(cut)
+        assert round_trip(kept, b"kept") == b"kept"
+        with connect(proxy) as other:  # a new client the filter does not pick
+            assert round_trip(other, b"new") == b"new"
+        proxy.heal()
+        assert not proxy.is_cutting
+        assert is_reset(cut)  # it lost bytes: its stream cannot resume
+        assert round_trip(kept, b"still") == b"still"
+
+
+def test_new_connections_of_a_cut_off_client_are_silent_until_healed(proxy: TcpProxy) -> None:
+    proxy.cut_off(lambda peer: True)
+    with connect(proxy) as sock:
+        sock.sendall(b"gone")
+        assert is_silent(sock)
+        proxy.heal()
+        assert is_reset(sock)
+    with connect(proxy) as again:
+        assert round_trip(again, b"back") == b"back"
+
+
+def test_a_client_filter_that_fails_cuts_nothing(proxy: TcpProxy) -> None:
+    def broken(peer: tuple[str, int]) -> bool:
+        raise RuntimeError(f"cannot tell {peer}")
+
+    proxy.cut_off(broken)
+    with connect(proxy) as sock:
+        assert round_trip(sock, b"ping") == b"ping"
+
+
 def test_a_mode_set_before_start_holds_from_the_first_connection(echo: EchoServer) -> None:
     proxy = TcpProxy(echo.address)
     proxy.blackhole()

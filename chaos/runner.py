@@ -1,0 +1,323 @@
+"""One chaos run from start to verdict: ``run_scenario``.
+
+The run, in order: etcd and the replicas, each replica behind a ``TcpProxy``
+it advertises (so workers and leader hints go through the proxies, while the
+harness's own probes dial the replicas); ``scenario.workers`` training
+workers (``workers.py``); the status poller; then the schedule
+(``scenario.schedule``): each fault injected, held for its duration, healed
+(``nemesis.py``), until the duration ends. Then everything is healed and the
+run settles: the workers get ``settle_s`` to finish their steps (one still
+running then is stopped, and counted). The final state is captured, every
+checker runs on the merged history, and the result is written to
+``work_dir/results.json`` beside ``work_dir/history/*.jsonl``.
+
+The seed is recorded in the history (a ``harness`` ``run`` event) and in the
+result, so a failing run is replayed with ``--seed``. Everything started here
+is stopped before ``run_scenario`` returns or raises (one ``ExitStack``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dtr.errors import DtrError, InvalidArgument
+from dtr.etcd import pick_free_ports
+
+from .checker_base import CheckResult, FinalState, Violation
+from .checkers import check_all
+from .cluster import ClusterError, LocalCluster
+from .history import Event, History, read_history
+from .measures import Failovers, failover_times, operation_counts
+from .nemesis import FaultRecord, Nemesis, Targets
+from .observer import StatusPoller, capture_final_state
+from .proxy import TcpProxy
+from .scenario import Scenario, ScheduledFault, schedule, target_rng
+from .workers import WorkerOutcome, WorkerPool, WorkloadConfig
+
+__all__ = ["RunResult", "run_scenario"]
+
+Progress = Callable[[str], None]
+#: How long the workers may take to train their first step (imports, registration).
+TRAINING_START_S = 90.0
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did and found; ``passed`` when every check held."""
+
+    scenario: Scenario
+    seed: int
+    work_dir: Path
+    schedule: tuple[ScheduledFault, ...]
+    faults: tuple[FaultRecord, ...]
+    operations: dict[str, dict[str, int]]
+    checks: tuple[CheckResult, ...]
+    failovers: Failovers
+    workers: dict[str, WorkerOutcome]
+    elapsed_s: float
+
+    @property
+    def passed(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "seed": self.seed,
+            "passed": self.passed,
+            "duration_s": self.scenario.duration_s,
+            "settle_s": self.scenario.settle_s,
+            "steps": self.scenario.steps,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "work_dir": str(self.work_dir),
+            "schedule": [fault.as_dict() for fault in self.schedule],
+            "faults": [fault.as_dict() for fault in self.faults],
+            "operations": self.operations,
+            "checks": [check.as_dict() for check in self.checks],
+            "failover": self.failovers.as_dict(),
+            "workers": {w: outcome.as_dict() for w, outcome in self.workers.items()},
+        }
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    seed: int,
+    work_dir: Path,
+    duration_s: float | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run ``scenario`` with ``seed`` against a fresh local cluster; check every invariant.
+
+    ``duration_s`` overrides the scenario's (its steps scale along).
+    ``work_dir`` keeps the logs, histories, checkpoints and ``results.json``;
+    it must not hold an earlier run's history. ``progress`` is told what
+    happens, a line at a time.
+    """
+    if duration_s is not None:
+        scenario = scenario.with_duration(duration_s)
+    plan = schedule(scenario, seed)
+    work_dir = _fresh_work_dir(work_dir)
+    say = progress or (lambda _: None)
+    say(
+        f"seed {seed}: scenario {scenario.name}, {len(plan)} faults over "
+        f"{scenario.duration_s:g} s, then up to {scenario.settle_s:g} s to settle; "
+        f"work dir {work_dir}"
+    )
+    started = time.monotonic()
+    run = _Run(scenario, seed, work_dir, say)
+    with ExitStack() as stack:
+        run.start(stack, plan)
+        run.execute(plan)
+        final = run.finish()
+    events = read_history(sorted((work_dir / "history").glob("*.jsonl")))
+    result = RunResult(
+        scenario=scenario,
+        seed=seed,
+        work_dir=work_dir,
+        schedule=tuple(plan),
+        faults=tuple(run.nemesis.records),
+        operations=operation_counts(events),
+        checks=(
+            *check_all(events, final, settle_s=scenario.settle_s),
+            check_workers(run.pool.outcomes),
+        ),
+        failovers=failover_times(events),
+        workers=run.pool.outcomes,
+        elapsed_s=time.monotonic() - started,
+    )
+    (work_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    return result
+
+
+def _fresh_work_dir(work_dir: Path) -> Path:
+    """``work_dir`` made absolute with an empty ``history/``: one run's events, never two."""
+    work_dir = Path(work_dir).resolve()
+    history_dir = work_dir / "history"
+    if history_dir.exists() and any(history_dir.iterdir()):
+        raise InvalidArgument(f"{work_dir} already holds a run's history; give a fresh --work-dir")
+    history_dir.mkdir(parents=True, exist_ok=True)
+    return work_dir
+
+
+def check_workers(outcomes: dict[str, WorkerOutcome]) -> CheckResult:
+    """The harness's own check: no worker process failed (exited non-zero on its own).
+
+    A worker the nemesis killed shows -9 among its exit codes and then ran
+    again; one stopped at the settle deadline is judged by liveness, not here.
+    """
+    violations = tuple(
+        Violation(f"worker {worker_id} exited with code {outcome.exit_code}")
+        for worker_id, outcome in sorted(outcomes.items())
+        if not outcome.stopped and outcome.exit_code not in (0, None)
+    )
+    return CheckResult("workers", not violations, len(outcomes), violations)
+
+
+class _Run:
+    """The processes, proxies and recorders of one run, and its phases."""
+
+    def __init__(self, scenario: Scenario, seed: int, work_dir: Path, say: Progress) -> None:
+        self.scenario, self.seed, self.work_dir, self.say = scenario, seed, work_dir, say
+        self.history = History(work_dir / "history" / "harness.jsonl")
+
+    def start(self, stack: ExitStack, plan: list[ScheduledFault]) -> None:
+        """Proxies, cluster, workers, poller; each registered on ``stack`` to be stopped."""
+        stack.callback(self.history.close)
+        value = {
+            "scenario": self.scenario.name,
+            "seed": self.seed,
+            "schedule": [fault.as_dict() for fault in plan],
+        }
+        self.history.record(Event(0.0, "harness", "info", "run", value))
+        self._start_cluster(stack)
+        self._start_workers(stack)
+        self.nemesis = Nemesis(
+            Targets(self.cluster, self.proxies, self.pool),
+            self._nemesis_history(stack),
+            target_rng(self.seed),
+        )
+        # No heal on the way out: stopping undoes every fault (a paused replica is
+        # continued, proxies close), and a restart just to stop again costs seconds.
+
+    def _start_cluster(self, stack: ExitStack) -> None:
+        """etcd and the replicas, each behind a proxy it advertises."""
+        s = self.scenario
+        ports = pick_free_ports(2 * s.replicas)  # one call: no port handed out twice
+        listen, fronts = ports[: s.replicas], ports[s.replicas :]
+        self.proxies: list[TcpProxy] = []
+        stack.callback(self._close_proxies)
+        for port, front in zip(listen, fronts, strict=True):
+            self.proxies.append(TcpProxy(f"127.0.0.1:{port}", listen_port=front).start())
+        self.cluster = LocalCluster.start(
+            replicas=s.replicas,
+            etcd_members=s.etcd_members,
+            job=f"chaos-{s.name}-{self.seed}",
+            lease_ttl_s=s.lease_ttl_s,
+            renew_deadline_s=round(s.lease_ttl_s * 2 / 3, 3),
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
+            ports=listen,
+            advertise_ports=fronts,
+            work_dir=self.work_dir / "logs",
+        )
+        stack.callback(self.cluster.stop)
+        self.say(
+            f"cluster: {s.replicas} replicas behind proxies, etcd of {s.etcd_members}, "
+            f"job {self.cluster.job}; leader {self.cluster.leader().replica_id}"
+        )
+
+    def _nemesis_history(self, stack: ExitStack) -> History:
+        history = History(self.work_dir / "history" / "nemesis.jsonl", start=self.history.start)
+        stack.callback(history.close)
+        return history
+
+    def _start_workers(self, stack: ExitStack) -> None:
+        s = self.scenario
+        config = WorkloadConfig(
+            coordinators=self.cluster.coordinators,
+            job=self.cluster.job,
+            checkpoint_uri=(self.work_dir / "checkpoints").as_uri(),
+            start=self.history.start,
+            steps=s.steps,
+            step_time_s=s.step_time_s,
+        )
+        self.pool = WorkerPool([f"w{i}" for i in range(s.workers)], config, self.work_dir)
+        stack.callback(self.pool.stop_all)
+        self.pool.start_all()
+        self.poller = StatusPoller(self.cluster, self.history, interval_s=0.5).start()
+        stack.callback(self.poller.stop)
+        self._wait_training()
+        self.say(f"workers: {', '.join(self.pool.worker_ids)} training {s.steps} steps each")
+
+    def _wait_training(self) -> None:
+        """Until every worker trained a step: the schedule's zero is a training cluster."""
+        deadline = time.monotonic() + TRAINING_START_S
+        waiting = set(self.pool.worker_ids)
+        while waiting:
+            for worker_id in sorted(waiting):
+                if not self.pool.is_running(worker_id):
+                    raise ClusterError(
+                        f"worker {worker_id} exited before training:\n"
+                        f"{self.pool.log_tail(worker_id)}"
+                    )
+                if _has_trained(self.pool.history_path(worker_id)):
+                    waiting.discard(worker_id)
+            if waiting and time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"workers {sorted(waiting)} trained no step within {TRAINING_START_S:g} s"
+                )
+            time.sleep(_POLL_S)
+
+    def execute(self, plan: list[ScheduledFault]) -> None:
+        """The fault phase: each fault at its time, held, healed; ends early if all finished."""
+        zero = time.monotonic()
+        self.say(f"fault phase: from t={self.history.clock():.1f}s")
+        for fault in plan:
+            if not self._wait_until(zero + fault.at_s):
+                self.say("every worker finished: the fault phase ends early")
+                return
+            active = self.nemesis.inject(fault.kind)
+            if active is None:
+                self.say(f"t={self.history.clock():.1f}s {fault.kind.value}: skipped, no target")
+                continue
+            target = active.injected.value.get("target", "")
+            self.say(f"t={active.started_s:.1f}s {fault.kind.value} {target}")
+            time.sleep(fault.duration_s)  # the fault lasting is the workload here
+            record = self.nemesis.heal(active)
+            self.say(f"t={record.healed_s or 0:.1f}s {record.outcome} {fault.kind.value}")
+        self._wait_until(zero + self.scenario.duration_s)
+
+    def _wait_until(self, deadline: float) -> bool:
+        """Let the workload run until ``deadline``; False as soon as every worker has exited."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.pool.all_exited():
+                return False
+            time.sleep(min(_POLL_S, remaining))
+        return True
+
+    def finish(self) -> FinalState:
+        """Heal, settle, capture the final state, stop the workers still running."""
+        self.nemesis.heal_all()
+        self.say(f"settling: up to {self.scenario.settle_s:g} s for the workers to finish")
+        self.pool.wait_all(time.monotonic() + self.scenario.settle_s)
+        self.poller.stop()
+        self.poller.poll()
+        final = self._capture()
+        running = set(self.pool.running_ids())
+        live = tuple(w for w in final.live_workers if w in running)
+        stopped = self.pool.stop_all()
+        if stopped:
+            self.say(f"stopped at the settle deadline: {', '.join(stopped)}")
+        # A worker whose process ended trains no more: liveness judges only those running.
+        return dataclasses.replace(final, live_workers=live)
+
+    def _capture(self) -> FinalState:
+        queues = {w: self.pool.queue_path(w) for w in self.pool.worker_ids}
+        try:
+            return capture_final_state(
+                self.cluster, (self.work_dir / "checkpoints").as_uri(), queues
+            )
+        except DtrError as err:
+            self.history.record(
+                Event(self.history.clock(), "harness", "info", "final", {"error": str(err)})
+            )
+            self.say(f"the final state could not be captured: {err}")
+            return FinalState()
+
+    def _close_proxies(self) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+
+
+def _has_trained(path: Path) -> bool:
+    if not path.exists():
+        return False
+    return any(e.f == "train" and e.type == "ok" for e in read_history([path]))

@@ -1,0 +1,121 @@
+"""``dtr chaos``: run a chaos scenario against a real local cluster, or list the scenarios.
+
+``dtr chaos list`` prints the built-in scenarios (``dtr.chaos.scenario``).
+``dtr chaos run SCENARIO`` starts etcd, the replicas behind fault-injecting
+proxies and training workers, injects the scenario's seeded faults, checks
+the invariants of DESIGN §5 on the recorded history, prints a summary, and
+exits 0 only if every check passed (1 otherwise, or on bad input). The seed
+is printed first, so any run can be replayed with ``--seed``.
+
+The chaos harness is imported inside the command functions, like every heavy
+module of the CLI (``dtr/cli/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from dtr.errors import InvalidArgument
+
+from .options import ENV_NOTE, Commands, EnvOption, Parser, add_debug, add_options
+
+_RUN_OPTIONS = (
+    EnvOption(
+        "--seed",
+        "DTR_CHAOS_SEED",
+        None,
+        int,
+        "N",
+        "seed of the fault schedule and target choices (default: the scenario's)",
+    ),
+    EnvOption(
+        "--duration",
+        "DTR_CHAOS_DURATION_S",
+        None,
+        float,
+        "S",
+        "seconds of faults (default: the scenario's); the workload's steps scale along",
+    ),
+    EnvOption(
+        "--work-dir",
+        "DTR_CHAOS_WORK_DIR",
+        None,
+        Path,
+        "DIR",
+        "where logs, histories, checkpoints and results.json go and stay "
+        "(default: a new temporary directory, kept)",
+    ),
+    EnvOption(
+        "--report",
+        "DTR_CHAOS_REPORT",
+        None,
+        Path,
+        "PATH",
+        "also write the results there, as JSON (an HTML report with a timeline "
+        "comes in a later release)",
+    ),
+)
+
+
+def add_chaos_command(commands: Commands[Parser]) -> None:
+    parser = commands.add_parser(
+        "chaos",
+        help="run a chaos scenario against a local cluster and check the invariants",
+        description="Chaos testing: seeded faults (kills, pauses, partitions) against a "
+        "real local cluster with training workers, then the invariant checkers.",
+        epilog=ENV_NOTE,
+    )
+    add_debug(parser, default=argparse.SUPPRESS)
+    chaos = parser.add_subparsers(dest="chaos_command", metavar="ACTION", required=True)
+    listing = chaos.add_parser(
+        "list", help="list the built-in scenarios", description="List the built-in scenarios."
+    )
+    add_debug(listing, default=argparse.SUPPRESS)
+    listing.set_defaults(run=run_chaos_list)
+    run = chaos.add_parser(
+        "run",
+        help="run one scenario",
+        description="Run SCENARIO (see 'dtr chaos list'): print the seed, inject its faults, "
+        "check every invariant, print a summary; exit 0 only if every check passed.",
+        epilog=ENV_NOTE,
+    )
+    add_debug(run, default=argparse.SUPPRESS)
+    run.add_argument("scenario", metavar="SCENARIO", help="a scenario name from 'dtr chaos list'")
+    add_options(run, _RUN_OPTIONS)
+    run.set_defaults(run=run_chaos_run)
+
+
+def run_chaos_list(args: argparse.Namespace) -> int:
+    from dtr.chaos.scenario import SCENARIOS
+    from dtr.chaos.summary import format_scenarios
+
+    del args
+    print(format_scenarios(SCENARIOS.values()), flush=True)
+    return 0
+
+
+def run_chaos_run(args: argparse.Namespace) -> int:
+    """Validate, run, summarize; 0 when every check passed, 1 when one failed."""
+    from dtr.chaos.runner import run_scenario
+    from dtr.chaos.scenario import get_scenario
+    from dtr.chaos.summary import format_summary
+
+    scenario = get_scenario(args.scenario)
+    seed = scenario.seed if args.seed is None else args.seed
+    if seed < 0:
+        raise InvalidArgument(f"--seed must be a whole number >= 0; got {seed}")
+    if args.duration is not None:
+        scenario = scenario.with_duration(args.duration)  # refuses what cannot work
+    print(f"seed: {seed}", flush=True)
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix=f"dtr-chaos-{scenario.name}-"))
+    result = run_scenario(
+        scenario, seed=seed, work_dir=work_dir, progress=lambda line: print(line, flush=True)
+    )
+    print(format_summary(result), flush=True)
+    if args.report is not None:
+        args.report.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        print(f"report: {args.report}", flush=True)
+    return 0 if result.passed else 1
