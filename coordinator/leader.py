@@ -103,6 +103,7 @@ class Coordinator:
         self._write_lock = asyncio.Lock()
         self._takeover_lock = asyncio.Lock()
         self._shard_cache: dict[tuple[int, str], dict[str, list[int]]] = {}
+        self._shard_bounds: dict[tuple[int, str], tuple[int, int]] = {}
         self._shard_tasks: dict[tuple[int, str], asyncio.Future[dict[str, list[int]]]] = {}
         self._stale = False
         self.barriers = Barriers(keys)
@@ -420,8 +421,23 @@ class Coordinator:
                 self._shard_tasks.pop(key, None)
         if len(self._shard_cache) >= _SHARD_CACHE_SIZE:
             self._shard_cache.clear()
+            self._shard_bounds.clear()
         self._shard_cache[key] = result
         return result
+
+    async def shard_bounds(self, view: ClusterView, dataset: DatasetRecord) -> tuple[int, int]:
+        """The most and fewest shards any live member holds; once per (generation, dataset).
+
+        Every GetShards answers them; counting over 1,000 members on each call
+        would put that loop on the hot path.
+        """
+        key = (view.generation, dataset.name)
+        bounds = self._shard_bounds.get(key)
+        if bounds is None:
+            assignment = await self.assignment(view, dataset)
+            counts = [len(assignment.get(member, ())) for member in view.live_members()] or [0]
+            bounds = self._shard_bounds[key] = (max(counts), min(counts))
+        return bounds
 
     def open_barriers(self, view: ClusterView) -> list[BarrierState]:
         """Barriers of the current generation still waiting (known to the leader only)."""

@@ -205,15 +205,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 f"{view.generation}; register it first"
             )
         assignment = await self.core.assignment(view, dataset)
-        counts = [len(assignment.get(member, ())) for member in members]
+        most, fewest = await self.core.shard_bounds(view, dataset)
         return pb.GetShardsResponse(
             header=self.header(view),
             shard_ids=assignment.get(query.worker_id, []),
             generation=view.generation,
             num_shards=dataset.num_shards,
             num_members=len(members),
-            max_member_shards=max(counts),
-            min_member_shards=min(counts),
+            max_member_shards=most,
+            min_member_shards=fewest,
         )
 
     # -- barriers ----------------------------------------------------------------

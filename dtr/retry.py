@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import grpc
@@ -96,6 +96,14 @@ class RetryPolicy:
                 f"max_backoff_s ({self.max_backoff_s}) must be at least "
                 f"initial_backoff_s ({self.initial_backoff_s})"
             )
+
+    def with_deadline(self, deadline_s: float) -> RetryPolicy:
+        """The same backoff with another total budget (one call that must give up sooner).
+
+        The backoff cap shrinks to the budget, so one sleep never eats all of it.
+        """
+        cap = max(self.initial_backoff_s, min(self.max_backoff_s, deadline_s))
+        return replace(self, deadline_s=deadline_s, max_backoff_s=cap)
 
 
 def call_with_retry(

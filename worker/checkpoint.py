@@ -45,7 +45,6 @@ from typing import Any
 from dtr.errors import CheckpointError, DtrError, InvalidArgument, NoCheckpoint
 from dtr.keys import validate_step
 from dtr.proto import coordinator_pb2 as pb
-from dtr.retry import RetryPolicy
 from dtr.storage import Checksum, Storage, StoredObject, open_storage
 
 from .checkpoint_format import FORMAT_VERSION, JsonValue, decode
@@ -58,7 +57,8 @@ from .worker import Worker
 
 _log = logging.getLogger(__name__)
 _MISSING: Any = object()
-_COMMIT_POLICY = RetryPolicy(deadline_s=10.0)
+#: One send's retry budget; the flusher backs off and sends the same record again.
+_COMMIT_DEADLINE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ class CheckpointManager:
 
     # -- committing ---------------------------------------------------------------
     def _send(self, record: CommitRecord) -> CommitAck:
-        return self._worker.commit_checkpoint(record, _COMMIT_POLICY)
+        return self._worker.commit_checkpoint(record, _COMMIT_DEADLINE_S)
 
     def _on_outcome(self, record: CommitRecord, ack: CommitAck) -> None:
         """Learn complete steps from acks; delete own parts that can never be loaded."""

@@ -30,7 +30,7 @@ import grpc
 
 from dtr.errors import CoordinatorUnavailable, DtrError
 from dtr.proto import coordinator_pb2 as pb
-from dtr.retry import RetryPolicy, call_with_retry, status_code
+from dtr.retry import call_with_retry, status_code
 
 from .client import CoordinatorClient
 
@@ -64,11 +64,7 @@ class HeartbeatLoop:
         self._client = client
         self.interval_s = interval_s
         self.stall_timeout_s = stall_timeout_s
-        self._policy = RetryPolicy(
-            initial_backoff_s=client.policy.initial_backoff_s,
-            max_backoff_s=client.policy.max_backoff_s,
-            deadline_s=outage_deadline_s,
-        )
+        self._policy = client.policy.with_deadline(outage_deadline_s)
         self.use_stream = use_stream
         self._stop = threading.Event()
         self._sequence = 0
@@ -149,7 +145,7 @@ class HeartbeatLoop:
             lambda: pb.HeartbeatRequest(beat=beat),
             operation="heartbeat",
             mutating=True,
-            policy=RetryPolicy(deadline_s=self.stall_timeout_s),
+            policy=self._client.policy.with_deadline(self.stall_timeout_s),
         )
         self._answered(beat.sequence)
         if not self._handle(response.status, beat.incarnation):

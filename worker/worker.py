@@ -323,11 +323,7 @@ class Worker:
         cached = self._latest.get(dataset)
         policy = self._client.policy
         if cached is not None:
-            policy = RetryPolicy(
-                initial_backoff_s=policy.initial_backoff_s,
-                max_backoff_s=min(policy.max_backoff_s, self.stale_read_deadline_s),
-                deadline_s=self.stale_read_deadline_s,
-            )
+            policy = policy.with_deadline(self.stale_read_deadline_s)
         try:
             response = self._member_call(
                 "GetShards",
@@ -410,11 +406,7 @@ class Worker:
                 ),
                 operation=f"barrier {name!r}",
                 mutating=True,
-                policy=RetryPolicy(
-                    initial_backoff_s=self._client.policy.initial_backoff_s,
-                    max_backoff_s=self._client.policy.max_backoff_s,
-                    deadline_s=remaining_s + _BARRIER_GRACE_S,
-                ),
+                policy=self._client.policy.with_deadline(remaining_s + _BARRIER_GRACE_S),
                 attempt_timeout_s=poll_s + _BARRIER_GRACE_S,
             )
         except CoordinatorUnavailable as err:
@@ -431,11 +423,13 @@ class Worker:
         return response
 
     # -- checkpoints --------------------------------------------------------------
-    def commit_checkpoint(
-        self, record: CommitRecord, policy: RetryPolicy | None = None
-    ) -> CommitAck:
-        """Record a durable part with the leader (``CheckpointManager`` queues these first)."""
+    def commit_checkpoint(self, record: CommitRecord, deadline_s: float | None = None) -> CommitAck:
+        """Record a durable part with the leader (``CheckpointManager`` queues these first).
+
+        ``deadline_s`` shortens the retry budget (the queue's flusher retries anyway).
+        """
         self._check_usable()
+        policy = self._client.policy.with_deadline(deadline_s) if deadline_s else None
         return send_commit(self._client, record, policy)
 
     def latest_checkpoint(self, before_step: int | None = None) -> LatestCheckpoint | None:
@@ -465,7 +459,7 @@ class Worker:
                     ),
                     operation="deregister",
                     mutating=True,
-                    policy=RetryPolicy(deadline_s=_CLOSE_DEADLINE_S),
+                    policy=self._client.policy.with_deadline(_CLOSE_DEADLINE_S),
                 )
             except DtrError as err:
                 _log.warning("worker %s: deregistering failed: %s", self.worker_id, err)

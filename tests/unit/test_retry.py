@@ -112,3 +112,11 @@ def test_the_deadline_bounds_the_whole_operation_and_reraises_the_last_error() -
 def test_policies_that_cannot_work_are_refused(overrides: dict[str, float], field: str) -> None:
     with pytest.raises(InvalidArgument, match=field):
         RetryPolicy(**overrides)
+
+
+def test_a_policy_with_a_shorter_deadline_keeps_its_backoff_within_that_budget() -> None:
+    policy = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=2.0, deadline_s=30.0)
+    short = policy.with_deadline(1.0)
+    assert (short.initial_backoff_s, short.max_backoff_s, short.deadline_s) == (0.1, 1.0, 1.0)
+    assert policy.with_deadline(60.0).max_backoff_s == 2.0
+    assert policy.with_deadline(0.05).max_backoff_s == 0.1  # never below the first backoff
