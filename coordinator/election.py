@@ -84,7 +84,14 @@ class Elector:
         renew_deadline_s: float,
         keepalive_interval_s: float,
         on_change: Callable[[], None] = lambda: None,
+        self_fencing: bool = True,
     ) -> None:
+        """``self_fencing=False`` is the test-only broken replica (``--unsafe-disable-fencing``).
+
+        It keeps a term it once won whatever happens: past its renew deadline,
+        after a refused write, after its lease expired. The chaos checkers
+        must catch the split brain that follows.
+        """
         self._store = store
         self._keys = keys
         self._value = encode_candidate(replica_id, address)
@@ -93,6 +100,9 @@ class Elector:
         self._deadline_s = renew_deadline_s
         self._interval_s = keepalive_interval_s
         self._on_change = on_change
+        self.self_fencing = self_fencing
+        if not self_fencing:
+            _log.warning("UNSAFE: fencing is disabled; this replica never steps down (test only)")
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -109,7 +119,8 @@ class Elector:
         with self._lock:
             if self._term is None:
                 return None
-            if time.monotonic() - self._renewed_at >= self._deadline_s:
+            late = time.monotonic() - self._renewed_at >= self._deadline_s
+            if late and self.self_fencing:
                 return None
             return self._term
 
@@ -137,10 +148,12 @@ class Elector:
     def step_down(self, reason: str) -> None:
         """A fenced write failed or the deadline passed: I am not the leader."""
         with self._lock:
-            if self._term is None:
+            if self._term is None or not self.self_fencing:
                 return
-            _log.warning("term %d: stepping down: %s", self._term.revision, reason)
-            self._term = None
+            revision, self._term = self._term.revision, None
+        # Logged outside the lock: the log filter asks leader(), which takes it
+        # (a chaos run found the deadlock: a leader cut off from etcd froze).
+        _log.warning("term %d: stepping down: %s", revision, reason)
         self._wake.set()
         self._on_change()
 
@@ -222,6 +235,8 @@ class Elector:
 
     def _set_term(self, term: Term | None) -> None:
         with self._lock:
+            if term is None and not self.self_fencing:
+                return  # the broken replica: a term once won is never given up
             changed = term != self._term
             self._term = term
         if changed:

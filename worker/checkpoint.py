@@ -144,7 +144,17 @@ class CheckpointManager:
         self._stopping = threading.Event()
         self._on_commit = on_commit
         self.storage: Storage = open_storage(uri, **(storage_options or {}))
-        path = Path(queue_path) if queue_path else default_queue_path(worker.job, worker.worker_id)
+        if queue_path:
+            path = Path(queue_path)
+        else:  # dtr's own location: create it (the tutorial's first run found it missing)
+            path = default_queue_path(worker.job, worker.worker_id)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise CheckpointError(
+                    f"cannot create the commit queue's directory {path.parent}: {err.strerror}; "
+                    "set DTR_STATE_DIR to a writable directory or pass queue_path"
+                ) from None
         self._queue = CommitQueue(path)
         self._pool = StagingPool(max_buffers=max_in_flight, block=when_full == "wait")
         self._writer = ThreadPoolExecutor(
@@ -221,15 +231,12 @@ class CheckpointManager:
     def _queue_commit(self, step: int, generation: int, stored: StoredObject) -> SaveResult:
         """Append the commit of a durable part to the on-disk queue and wake the flusher."""
         worker_id = self._worker.worker_id
-        record = CommitRecord(
+        record = CommitRecord.for_part(
+            stored,
             job=self._worker.job,
             step=step,
             worker_id=worker_id,
             generation=generation,
-            uri=stored.uri,
-            size_bytes=stored.size_bytes,
-            checksum_algorithm=stored.checksum.algorithm,
-            checksum_hex=stored.checksum.hex_digest,
             format_version=FORMAT_VERSION,
             replicated=self.storage.is_replicated,
         )
@@ -249,7 +256,7 @@ class CheckpointManager:
             pending = list(self._in_flight)
         for future in pending:
             future.result(timeout=timeout_s)
-        if not self._flusher.wait_empty(timeout_s if timeout_s is not None else float("inf")):
+        if not self._flusher.wait_empty(timeout_s):
             raise CheckpointError(
                 f"{self._queue.depth} checkpoint commits still queued after {timeout_s} s: no "
                 "coordinator acknowledged them yet (they stay queued on disk and are retried)"

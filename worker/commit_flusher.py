@@ -117,8 +117,13 @@ class CommitFlusher:
     def is_running(self) -> bool:
         return self._thread.is_alive()
 
-    def wait_empty(self, timeout_s: float) -> bool:
-        """Wait until no record is pending; False when ``timeout_s`` ran out first."""
+    def wait_empty(self, timeout_s: float | None) -> bool:
+        """Wait until no record is pending; False when ``timeout_s`` ran out first.
+
+        ``None`` waits for as long as it takes (an infinite float would not do:
+        ``Condition.wait`` raises OverflowError on it, which the tutorial's
+        ``checkpoints.wait()`` hit whenever a commit was still in flight).
+        """
         with self._progress:
             return self._progress.wait_for(lambda: self._queue.depth == 0, timeout_s)
 

@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from dtr.errors import AlreadyExists, CheckpointError, InvalidArgument, NotFound
+from dtr.storage import StoredObject
 
 _log = logging.getLogger(__name__)
 
@@ -116,6 +117,32 @@ class CommitRecord:
     manifest_uri: str = ""
     replicated: bool = False
     enqueued_at: float = field(default_factory=time.time, compare=False)
+
+    @classmethod
+    def for_part(
+        cls,
+        stored: StoredObject,
+        *,
+        job: str,
+        step: int,
+        worker_id: str,
+        generation: int,
+        format_version: int,
+        replicated: bool,
+    ) -> CommitRecord:
+        """The record of a part just made durable (``stored``: what storage answered)."""
+        return cls(
+            job=job,
+            step=step,
+            worker_id=worker_id,
+            generation=generation,
+            uri=stored.uri,
+            size_bytes=stored.size_bytes,
+            checksum_algorithm=stored.checksum.algorithm,
+            checksum_hex=stored.checksum.hex_digest,
+            format_version=format_version,
+            replicated=replicated,
+        )
 
     def __post_init__(self) -> None:
         for name in ("job", "worker_id", "uri", "checksum_algorithm", "checksum_hex"):

@@ -221,8 +221,17 @@ class Worker:
             self._register()
 
     def on_status(self, status: pb.WorkerStatus, incarnation: int) -> bool:
-        """The heartbeat loop's report of a non-OK answer; False stops the beats."""
+        """The heartbeat loop's report of a non-OK answer; False stops the beats.
+
+        ``incarnation`` is the one the answered beat carried (0: unknown). A
+        STALE_INCARNATION answer to a beat sent before this process registered
+        again is about its own old incarnation, not a twin: only an answer
+        to a beat of the current incarnation means another process took the
+        id (a chaos run caught a worker stopping itself after a partition).
+        """
         if status == pb.WORKER_STATUS_STALE_INCARNATION:
+            if incarnation != self._incarnation:
+                return True  # our own beat from before we re-registered (or not known)
             _log.error(
                 "worker %s: a newer incarnation of this id registered; this process must stop",
                 self.worker_id,

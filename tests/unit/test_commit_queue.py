@@ -183,6 +183,18 @@ def test_malformed_records_and_outcomes_are_refused(queue: CommitQueue) -> None:
         queue.mark_done(queue.append(record(1)), "lost")
 
 
+def test_waiting_with_no_timeout_waits_until_the_queue_drains(queue: CommitQueue) -> None:
+    down = CoordinatorUnavailable("no coordinator answered")
+    send = ScriptedCoordinator(down, down, ACCEPTED)
+    queue.append(record(100))
+    flusher = flush(queue, send)
+    try:
+        assert flusher.wait_empty(None)  # no timeout: not an OverflowError, not early
+    finally:
+        assert flusher.stop()
+    assert queue.depth == 0 and send.calls == [100, 100, 100]
+
+
 def test_records_are_delivered_once_each_in_order_across_outages(queue: CommitQueue) -> None:
     down = CoordinatorUnavailable("no coordinator answered")
     send = ScriptedCoordinator(down, down, down, ACCEPTED, down, down)
