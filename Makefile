@@ -8,14 +8,18 @@ PY := $(VENV)/bin/python
 EXTRAS ?= dev,etcd,docker,torch
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: help install proto lint typecheck unit integration test bench etcd clean
+.PHONY: help install proto docs lint typecheck unit integration chaos test soak demo bench etcd clean
 
 help:
-	@echo "make test         install into $(VENV), lint, typecheck, unit + integration tests"
+	@echo "make demo         install into $(VENV) (dtr, PyTorch CPU, a bundled etcd) and run dtr demo"
+	@echo "make test         install into $(VENV), lint, typecheck, unit + integration + chaos tests"
 	@echo "make unit         tests/unit only (no processes)"
 	@echo "make integration  tests/integration (real etcd processes on loopback)"
+	@echo "make chaos        tests/chaos: short chaos scenarios and the broken-coordinator check"
+	@echo "make soak         a 10-minute mixed chaos soak; report in build/soak/report.html"
 	@echo "make bench        benchmarks -> benchmarks/results/"
 	@echo "make proto        regenerate dtr/proto from coordinator.proto"
+	@echo "make docs         regenerate docs/configuration.md from the CLI's options"
 	@echo "make etcd         run a development etcd (dtr etcd)"
 
 $(PY):
@@ -30,6 +34,9 @@ install: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) -m dtr.proto.generate
+
+docs: $(STAMP)
+	$(PY) -m dtr.cli.reference > docs/configuration.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -50,8 +57,28 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration -q
 
+chaos: $(STAMP)
+	$(PY) -m pytest tests/chaos -q
+
 test: lint typecheck
 	$(PY) -m pytest tests -q
+
+# The main job on this machine: etcd, 3 coordinators, 4 training workers, a
+# leader crash and a worker crash (about 2 minutes on 2 cores). DEMO_ARGS
+# passes options through, e.g. make demo DEMO_ARGS="--workers 2 --keep".
+DEMO_EXTRAS := etcd,torch
+DEMO_ARGS ?=
+demo:
+	$(MAKE) --no-print-directory EXTRAS=$(DEMO_EXTRAS) install
+	$(VENV)/bin/dtr demo $(DEMO_ARGS)
+
+# Ten minutes of mixed faults (chaos/scenarios/mixed-soak.yaml), then the
+# checkers; the history, results.json and report.html stay in build/soak.
+SOAK_SEED ?= 2026
+soak: $(STAMP)
+	rm -rf build/soak && mkdir -p build/soak
+	$(VENV)/bin/dtr chaos run mixed-soak --seed $(SOAK_SEED) --work-dir build/soak/run \
+	  --report build/soak/report.html
 
 bench: $(STAMP)
 	$(PY) benchmarks/ring.py

@@ -4,7 +4,8 @@
   was committed by its worker; the latest complete step never moves
   backwards, as any one process sees it and up to the final pointer.
 - ``check_commits`` (5): every save that reached a worker's queue left it
-  with an outcome; nothing is pending after settle; no part accepted twice.
+  with an outcome; nothing is pending after settle; no commit record (step
+  and generation) accepted twice.
 - ``check_loads`` (6): a (re)started worker resumes from the latest complete
   step known before it asked, unless its part of that step fails to verify.
 """
@@ -128,11 +129,31 @@ def check_commits(events: Sequence[Event], final: FinalState) -> CheckResult:
             if not any(ack.time > started for ack in acks.get(key, ())):
                 unacked[op.process].append(op.done)
     _check_unacked(unacked, final, found)
-    for (process, step), answers in sorted(acks.items()):
-        accepted = [a for a in answers if a.value.get("outcome") == "accepted"]
-        if len(accepted) > 1:
-            found.flag(f"{process}: step {step} accepted {len(accepted)} times", accepted)
+    _check_accepted_once(acks, found)
     return found.result()
+
+
+def _check_accepted_once(acks: dict[tuple[str, int], list[Event]], found: Findings) -> None:
+    """One commit record (job, step, worker, generation) is accepted at most once.
+
+    A worker that restarted before its step completed trains the step again
+    and commits a new part under its new generation: a second acceptance of
+    the same step, but of another record, and correct (a 10-minute soak
+    taught the checker that). A replay of the same record must be answered
+    ``duplicate``.
+    """
+    for (process, step), answers in sorted(acks.items()):
+        by_generation: dict[int | None, list[Event]] = defaultdict(list)
+        for answer in answers:
+            if answer.value.get("outcome") == "accepted":
+                by_generation[answer.generation].append(answer)
+        for generation, accepted in sorted(by_generation.items(), key=lambda kv: kv[0] or -1):
+            if len(accepted) > 1:
+                found.flag(
+                    f"{process}: step {step} generation {generation} accepted "
+                    f"{len(accepted)} times",
+                    accepted,
+                )
 
 
 def _check_unacked(unacked: dict[str, list[Event]], final: FinalState, found: Findings) -> None:

@@ -2,7 +2,9 @@
 
 Safety checkers hold on any prefix of a run; these hold only at its end,
 once the nemesis healed every fault and the harness waited ``settle_s``.
-The settle window is the last ``settle_s`` seconds of the history.
+The settle window starts at the harness's ``settle`` note (when it began to
+wait for the workers) and lasts ``settle_s``; without the note, it is the
+last ``settle_s`` seconds of the history.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def check_liveness(events: Sequence[Event], final: FinalState, *, settle_s: floa
     if final.leader is None:
         found.flag("no leader at the end of the run")
     window_start = max((e.time for e in events), default=0.0) - settle_s
+    window_end = float("inf")
+    for event in events:
+        if event.process == "harness" and event.f == "settle":
+            window_start, window_end = event.time, event.time + settle_s
     before: dict[str, int] = {}
     during: dict[str, Event] = {}
     for event in events:
@@ -29,6 +35,8 @@ def check_liveness(events: Sequence[Event], final: FinalState, *, settle_s: floa
         step = int(event.value["step"])
         if event.time < window_start:
             before[worker] = max(step, before.get(worker, step))
+        elif event.time > window_end:
+            continue  # trained while told to stop: not what the settle proved
         elif worker not in during or step > int(during[worker].value["step"]):
             during[worker] = event
     for worker in sorted(final.live_workers):

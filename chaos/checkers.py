@@ -47,6 +47,9 @@ answer's ``ResponseHeader`` fields. Extra value keys are allowed and ignored.
     "duplicate" | "superseded" | "rejected", "latest_complete_step": int |
     None}`` (the ``CommitAck``); info when the attempt's outcome is unknown
     (the record stays queued and is replayed as a new attempt).
+``claim`` (harness, a probe of one replica per poll; invariant 1)
+    invoke ``{"replica"}``; ok ``{"replica", "is_leader": bool, "term": int |
+    None}`` (the answer's ``ResponseHeader``); fail when it did not answer.
 ``status`` (harness; invariant 4)
     ok ``{"latest_step": int | None}``: the job's latest complete step from
     ClusterStatus / GetLatestCheckpoint.
@@ -66,7 +69,7 @@ from collections.abc import Sequence
 from .checker_barriers import check_barriers, check_membership
 from .checker_base import CheckResult, FinalState, Violation
 from .checker_checkpoints import check_checkpoints, check_commits, check_loads
-from .checker_leadership import check_writes
+from .checker_leadership import check_claims, check_writes
 from .checker_liveness import check_liveness
 from .checker_shards import check_shards
 from .history import Event
@@ -79,6 +82,7 @@ __all__ = [
     "check_all",
     "check_barriers",
     "check_checkpoints",
+    "check_claims",
     "check_commits",
     "check_liveness",
     "check_loads",
@@ -94,9 +98,10 @@ DEFAULT_SETTLE_S = 10.0
 def check_all(
     events: Sequence[Event], final: FinalState, *, settle_s: float = DEFAULT_SETTLE_S
 ) -> list[CheckResult]:
-    """Every checker, invariant order: 1, membership, 2, 3, 4, 5, 6, liveness."""
+    """Every checker, invariant order: 1 (writes, claims), membership, 2, 3, 4, 5, 6, liveness."""
     return [
         check_writes(events),
+        check_claims(events),
         check_membership(events),
         check_barriers(events),
         check_shards(events),

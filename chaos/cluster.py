@@ -83,6 +83,7 @@ class LocalCluster:
         ports: Sequence[int] | None = None,
         advertise_ports: Sequence[int] | None = None,
         work_dir: Path | None = None,
+        route_etcd: Callable[[int, list[str]], list[str]] | None = None,
     ) -> LocalCluster:
         """Start etcd (unless ``etcd`` is given) and ``replicas`` replicas; wait until all serve.
 
@@ -92,7 +93,10 @@ class LocalCluster:
         replica ``i`` advertises ``127.0.0.1:advertise_ports[i]`` instead of
         its own address (a ``TcpProxy`` in front of it, say): workers given
         ``coordinators`` and the leader hints go there, while the probes here
-        dial the replicas. ``extra_args`` are more ``dtr coordinator`` flags.
+        dial the replicas. ``route_etcd(i, endpoints)`` gives the etcd
+        endpoints replica ``i`` dials (proxies of its own, so the nemesis can
+        cut one replica off from etcd); by default all dial etcd itself.
+        ``extra_args`` are more ``dtr coordinator`` flags.
         On any failure nothing started is left running, and the error carries
         the failing replica's log tail.
         """
@@ -116,11 +120,28 @@ class LocalCluster:
         else:
             endpoints = reused
         root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="dtr-up-"))
-        options = ["--etcd", ",".join(endpoints), *options]
+
+        try:
+            dialled = [
+                route_etcd(i, list(endpoints)) if route_etcd is not None else endpoints
+                for i in range(replicas)
+            ]
+        except BaseException:
+            if owned is not None:
+                owned.stop()
+            raise
+
+        def replica_options(i: int) -> list[str]:
+            return ["--etcd", ",".join(dialled[i]), *options]
+
         cluster = cls(
             [
                 CoordinatorProcess(
-                    f"replica-{i}", port, options, root / f"replica-{i}.log", advertise=advertise
+                    f"replica-{i}",
+                    port,
+                    replica_options(i),
+                    root / f"replica-{i}.log",
+                    advertise=advertise,
                 )
                 for i, (port, advertise) in enumerate(zip(chosen, advertised, strict=True))
             ],

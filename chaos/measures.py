@@ -2,10 +2,11 @@
 
 Like the checkers, these are pure functions of the events, so a run's numbers
 are recomputed from its ``history/*.jsonl`` alone. Failover is measured the
-way a client feels it: from the nemesis's ``ok`` (a leader killed or paused,
-the fault in place) to the first ``write`` a coordinator acknowledged at a
-higher term than any acknowledged before the fault — the new leader is not
-"up" until it accepts a write.
+way a client feels it: from the nemesis's ``ok`` (a leader killed, paused or
+cut off from etcd, the fault in place) to the first ``write`` a coordinator
+acknowledged at a higher term than any acknowledged before the fault — the
+new leader is not "up" until it accepts a write — or, when the old leader
+kept its lease through a short cut, the first write after the heal.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from .history import Event
 from .nemesis import PROCESS as NEMESIS
 
 #: Nemesis operations that take the leader away (with ``role: leader`` in their value).
-LEADER_FAULTS = frozenset({"kill", "pause"})
+LEADER_FAULTS = frozenset({"kill", "pause", "partition"})
 #: The harness's notes about the run itself (its seed, a failed capture): not operations.
-HARNESS_NOTES = frozenset({"run", "final"})
+HARNESS_NOTES = frozenset({"run", "final", "settle"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Failovers:
 
 
 def is_leader_fault(event: Event) -> bool:
-    """Whether ``event`` is the nemesis putting a leader kill or pause in place."""
+    """Whether ``event`` is the nemesis putting a leader kill, pause or etcd cut in place."""
     return (
         event.process == NEMESIS
         and event.type == "ok"
@@ -60,21 +61,56 @@ def is_leader_fault(event: Event) -> bool:
 
 
 def failover_times(events: Sequence[Event]) -> Failovers:
-    """Per leader fault: seconds until the first write acknowledged at a newer term."""
+    """Per leader fault: seconds until writes are acknowledged again.
+
+    That is the first write at a term newer than any before the fault, or,
+    when the leader kept its term (cut off from etcd for less than its lease
+    TTL, it stepped down at its renew deadline and took the same lease back
+    once healed), the first write at that term after the heal. A deposed
+    leader can acknowledge nothing between the fault and its heal: it cannot
+    reach etcd, or it is dead or stopped.
+    """
     writes = sorted(
         (e.time, e.term) for e in events if e.f == "write" and e.type == "ok" and e.term is not None
     )
+    heals = {e.op_id: e.time for e in events if e.process == NEMESIS and e.type == "info"}
     times: list[float] = []
     unmeasured = 0
     for fault in (e for e in events if is_leader_fault(e)):
         before = max((term for at, term in writes if at <= fault.time), default=0)
         before = max(before, fault.term or 0)
-        after = next((at for at, term in writes if at > fault.time and term > before), None)
+        healed = heals.get(fault.op_id, float("inf"))
+        after = next(
+            (
+                at
+                for at, term in writes
+                if at > fault.time and (term > before or (term == before and at > healed))
+            ),
+            None,
+        )
         if after is None:
             unmeasured += 1
         else:
             times.append(after - fault.time)
     return Failovers(tuple(times), unmeasured)
+
+
+def settle_time(events: Sequence[Event]) -> float | None:
+    """Seconds from the last heal until every worker still training had trained a step again.
+
+    The soak's "settled within 10 s of the last heal" figure. A worker that
+    finished before the last heal is not waiting for anything and does not
+    count; None when nothing healed or nobody trained after it.
+    """
+    heals = [e.time for e in events if e.process == NEMESIS and e.type == "info"]
+    if not heals:
+        return None
+    last_heal = max(heals)
+    first_after: dict[str, float] = {}
+    for event in events:
+        if event.f == "train" and event.type == "ok" and event.time >= last_heal:
+            first_after.setdefault(event.process, event.time - last_heal)
+    return max(first_after.values()) if first_after else None
 
 
 def operation_counts(events: Sequence[Event]) -> dict[str, dict[str, int]]:

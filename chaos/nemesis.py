@@ -19,7 +19,14 @@ running worker) — a fault not injected is not a fault survived.
   replica's proxy (``TcpProxy.cut_off``, ``sockets.py``), heal = heal;
 - ``partition-workers``: every replica's proxy blackholed, heal = heal;
 - ``etcd-member-kill``: SIGKILL one member of the etcd the cluster owns,
-  heal = restart it on its data, waited until healthy.
+  heal = restart it on its data, waited until healthy;
+- ``partition-leader-etcd``: the leader's own etcd proxies blackholed
+  (every replica dials etcd through proxies of its own), heal = heal; the
+  workers still reach it, so it must fence itself (``check_claims``);
+- ``disk-full``: the checkpoint tmpfs filled to ENOSPC with a ballast file
+  (``disk.py``), heal = delete it;
+- ``slow-storage``: the proxy in front of the run's S3 server delays every
+  chunk by ``SLOW_STORAGE_DELAY_S``, heal = heal.
 
 What is not here: when faults happen (``scenario.schedule``) and the run
 around them (``runner.py``). Faults are injected one at a time.
@@ -30,11 +37,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dtr.errors import DtrError
 
 from .cluster import ClusterError, CoordinatorProcess, LocalCluster
+from .disk import drain, fill
 from .history import Event, EventType, History
 from .proxy import TcpProxy
 from .scenario import FaultKind
@@ -46,6 +55,8 @@ PROCESS = "nemesis"
 LEADER_WAIT_S = 15.0
 #: How long healing waits for a restarted replica or etcd member to serve.
 RESTART_WAIT_S = 30.0
+#: ``slow-storage``: each chunk to or from S3 waits this long (a saturated link).
+SLOW_STORAGE_DELAY_S = 0.5
 
 
 class NoTarget(DtrError):
@@ -54,11 +65,19 @@ class NoTarget(DtrError):
 
 @dataclass(frozen=True)
 class Targets:
-    """What the nemesis may hurt: ``proxies[i]`` fronts ``cluster.replicas[i]``."""
+    """What the nemesis may hurt: ``proxies[i]`` fronts ``cluster.replicas[i]``.
+
+    ``etcd_proxies[i]`` are the proxies replica ``i`` dials etcd through;
+    ``storage_mount`` the checkpoint tmpfs (None: no ``disk-full``);
+    ``storage_proxy`` fronts the S3 server (None: no ``slow-storage``).
+    """
 
     cluster: LocalCluster
     proxies: Sequence[TcpProxy]
     workers: WorkerPool
+    etcd_proxies: Sequence[Sequence[TcpProxy]] = ()
+    storage_mount: Path | None = None
+    storage_proxy: TcpProxy | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,9 @@ _F_OF = {
     FaultKind.ZOMBIE_LEADER: "pause",
     FaultKind.PARTITION_WORKER: "partition",
     FaultKind.PARTITION_WORKERS: "partition",
+    FaultKind.PARTITION_LEADER_ETCD: "partition",
+    FaultKind.DISK_FULL: "fill",
+    FaultKind.SLOW_STORAGE: "delay",
 }
 
 
@@ -281,6 +303,41 @@ def _kill_etcd_member(targets: Targets, rng: random.Random) -> Injected:
     return Injected({"target": f"etcd-{index}"}, restart)
 
 
+def _partition_leader_from_etcd(targets: Targets, rng: random.Random) -> Injected:
+    del rng
+    leader, term = _leader_and_term(targets.cluster)
+    index = targets.cluster.replicas.index(leader)
+    if index >= len(targets.etcd_proxies):
+        raise NoTarget("the replicas dial etcd directly: no proxy to cut")
+    cut = targets.etcd_proxies[index]
+    for proxy in cut:
+        proxy.blackhole()
+    value = {"target": leader.replica_id, "role": "leader", "from": "etcd"}
+    return Injected(value, _heal_proxies(cut), term)
+
+
+def _fill_storage(targets: Targets, rng: random.Random) -> Injected:
+    del rng
+    if targets.storage_mount is None:
+        raise NoTarget("checkpoint storage is not a tmpfs of the harness's")
+    try:
+        ballast, written = fill(targets.storage_mount)
+    except OSError as err:
+        raise NoTarget(f"could not fill {targets.storage_mount}: {err}") from None
+    value = {"target": "checkpoint storage", "ballast_bytes": written}
+    return Injected(value, lambda: drain(ballast))
+
+
+def _slow_storage(targets: Targets, rng: random.Random) -> Injected:
+    del rng
+    proxy = targets.storage_proxy
+    if proxy is None:
+        raise NoTarget("checkpoint storage is not behind a proxy of the harness's")
+    proxy.delay(SLOW_STORAGE_DELAY_S)
+    value = {"target": "checkpoint storage", "delay_s": SLOW_STORAGE_DELAY_S}
+    return Injected(value, proxy.heal)
+
+
 _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.LEADER_KILL: _kill_leader,
     FaultKind.REPLICA_KILL: _kill_replica,
@@ -289,4 +346,7 @@ _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.PARTITION_WORKER: _partition_worker,
     FaultKind.PARTITION_WORKERS: _partition_workers,
     FaultKind.ETCD_MEMBER_KILL: _kill_etcd_member,
+    FaultKind.PARTITION_LEADER_ETCD: _partition_leader_from_etcd,
+    FaultKind.DISK_FULL: _fill_storage,
+    FaultKind.SLOW_STORAGE: _slow_storage,
 }

@@ -3,10 +3,14 @@
 ``StatusPoller`` asks the cluster for ``ClusterStatus`` on a background
 thread and records what the checkers need from it: ``membership`` events
 (generation → live members; the barrier and shard checkers judge against
-them) and ``status`` events (the latest complete step, which must never move
-back). ``capture_final_state`` gathers the end-of-run facts of
-``FinalState``: the complete steps and whether each part's bytes verify on
-storage, the leader, the live workers and the commits still queued.
+them), ``status`` events (the latest complete step, which must never move
+back) and one ``claim`` per running replica, asked directly (not through a
+proxy): whether it says it leads, and at which term. A leader answers
+``ClusterStatus`` from its cached view, so a leader cut off from etcd still
+answers, and the claims show whether it fenced itself in time.
+``capture_final_state`` gathers the end-of-run facts of ``FinalState``: the
+complete steps and whether each part's bytes verify on storage, the leader,
+the live workers and the commits still queued.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dtr.errors import DtrError
 from dtr.storage import Checksum, open_storage
@@ -22,10 +27,12 @@ from dtr.worker.client import CoordinatorClient
 from dtr.worker.commit_queue import CommitQueue
 
 from .checker_base import FinalState
-from .cluster import LocalCluster
+from .cluster import CoordinatorProcess, LocalCluster
 from .history import Event, EventType, History
 
 PROCESS = "harness"
+#: A replica that does not answer a claim probe within this long is not observed.
+CLAIM_TIMEOUT_S = 1.0
 
 
 class StatusPoller:
@@ -60,7 +67,26 @@ class StatusPoller:
             members = sorted(w.id for w in status.workers if w.alive)
             value = {"generation": status.generation, "members": members}
             self._record("ok", "membership", value, None, generation=status.generation)
+        for replica in self._cluster.replicas:
+            if replica.is_alive() and not replica.is_paused():
+                self._probe_claim(replica)
         self.polls += 1
+
+    def _probe_claim(self, replica: CoordinatorProcess) -> None:
+        """One ``claim``: does ``replica`` say it leads, and under which term."""
+        op_id = self._history.op_id(PROCESS)
+        self._record("invoke", "claim", {"replica": replica.replica_id}, op_id)
+        try:
+            header = replica.cluster_status(timeout_s=CLAIM_TIMEOUT_S).header
+        except DtrError as err:
+            self._record("fail", "claim", {"replica": replica.replica_id, "error": str(err)}, op_id)
+            return
+        value = {
+            "replica": replica.replica_id,
+            "is_leader": header.is_leader,
+            "term": header.term or None,
+        }
+        self._record("ok", "claim", value, op_id)
 
     def _record(
         self,
@@ -79,9 +105,15 @@ class StatusPoller:
 
 
 def capture_final_state(
-    cluster: LocalCluster, storage_uri: str, queues: Mapping[str, Path]
+    cluster: LocalCluster,
+    storage_uri: str,
+    queues: Mapping[str, Path],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> FinalState:
-    """The end-of-run facts: complete steps (parts verified on storage), leader, workers, queues."""
+    """The end-of-run facts: complete steps (parts verified on storage), leader, workers, queues.
+
+    ``storage_options`` go to ``open_storage`` (an S3 run's own endpoint).
+    """
     status = cluster.status()
     client = CoordinatorClient(cluster.endpoints, job=cluster.job, caller_id="dtr-chaos")
     complete: dict[int, tuple[str, ...]] = {}
@@ -90,7 +122,7 @@ def capture_final_state(
         latest = fetch_latest(client)
         while latest is not None:
             complete[latest.step] = tuple(p.worker_id for p in latest.parts)
-            verified.update(_verify(storage_uri, latest))
+            verified.update(_verify(storage_uri, latest, storage_options or {}))
             latest = fetch_latest(client, before_step=latest.step)
     finally:
         client.close()
@@ -108,8 +140,10 @@ def capture_final_state(
     )
 
 
-def _verify(storage_uri: str, latest: LatestCheckpoint) -> dict[tuple[int, str], bool]:
-    storage = open_storage(storage_uri)
+def _verify(
+    storage_uri: str, latest: LatestCheckpoint, options: Mapping[str, Any]
+) -> dict[tuple[int, str], bool]:
+    storage = open_storage(storage_uri, **options)
     result = {}
     try:
         for part in latest.parts:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +34,13 @@ from .checker_base import CheckResult, FinalState, Violation
 from .checkers import check_all
 from .cluster import ClusterError, LocalCluster
 from .history import Event, History, read_history
-from .measures import Failovers, failover_times, operation_counts
+from .measures import Failovers, failover_times, operation_counts, settle_time
 from .nemesis import FaultRecord, Nemesis, Targets
 from .observer import StatusPoller, capture_final_state
 from .proxy import TcpProxy
+from .run_storage import start_storage
 from .scenario import Scenario, ScheduledFault, schedule, target_rng
+from .sim_pool import SimWorkerPool
 from .workers import WorkerOutcome, WorkerPool, WorkloadConfig
 
 __all__ = ["RunResult", "run_scenario"]
@@ -47,6 +49,8 @@ Progress = Callable[[str], None]
 #: How long the workers may take to train their first step (imports, registration).
 TRAINING_START_S = 90.0
 _POLL_S = 0.2
+#: How long a worker told to stop at the settle deadline may take to drain and leave.
+FINISH_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class RunResult:
     failovers: Failovers
     workers: dict[str, WorkerOutcome]
     elapsed_s: float
+    settled_s: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -83,6 +88,7 @@ class RunResult:
             "operations": self.operations,
             "checks": [check.as_dict() for check in self.checks],
             "failover": self.failovers.as_dict(),
+            "settled_s": None if self.settled_s is None else round(self.settled_s, 3),
             "workers": {w: outcome.as_dict() for w, outcome in self.workers.items()},
         }
 
@@ -94,17 +100,27 @@ def run_scenario(
     work_dir: Path,
     duration_s: float | None = None,
     progress: Progress | None = None,
+    coordinator_args: Sequence[str] = (),
+    plan: Sequence[ScheduledFault] | None = None,
+    s3_endpoint: str | None = None,
+    ports: Sequence[int] | None = None,
 ) -> RunResult:
     """Run ``scenario`` with ``seed`` against a fresh local cluster; check every invariant.
 
     ``duration_s`` overrides the scenario's (its steps scale along).
     ``work_dir`` keeps the logs, histories, checkpoints and ``results.json``;
     it must not hold an earlier run's history. ``progress`` is told what
-    happens, a line at a time.
+    happens, a line at a time. ``coordinator_args`` are more ``dtr
+    coordinator`` flags for every replica (the tests start a deliberately
+    broken one with ``--unsafe-disable-fencing``). ``plan`` replaces the
+    seeded schedule (``dtr demo``'s two faults at fixed points). With
+    ``storage: s3``, ``s3_endpoint`` names an S3 server to use instead of
+    starting one. ``ports`` are the addresses the replicas advertise (the
+    proxies in front of them), one per replica; free ports by default.
     """
     if duration_s is not None:
         scenario = scenario.with_duration(duration_s)
-    plan = schedule(scenario, seed)
+    plan = list(plan) if plan is not None else schedule(scenario, seed)
     work_dir = _fresh_work_dir(work_dir)
     say = progress or (lambda _: None)
     say(
@@ -113,7 +129,8 @@ def run_scenario(
         f"work dir {work_dir}"
     )
     started = time.monotonic()
-    run = _Run(scenario, seed, work_dir, say)
+    run = _Run(scenario, seed, work_dir, say, tuple(coordinator_args))
+    run.s3_endpoint, run.front_ports = s3_endpoint, ports
     with ExitStack() as stack:
         run.start(stack, plan)
         run.execute(plan)
@@ -128,11 +145,12 @@ def run_scenario(
         operations=operation_counts(events),
         checks=(
             *check_all(events, final, settle_s=scenario.settle_s),
-            check_workers(run.pool.outcomes),
+            check_workers(run.outcomes),
         ),
         failovers=failover_times(events),
-        workers=run.pool.outcomes,
+        workers=run.outcomes,
         elapsed_s=time.monotonic() - started,
+        settled_s=settle_time(events),
     )
     (work_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return result
@@ -165,8 +183,18 @@ def check_workers(outcomes: dict[str, WorkerOutcome]) -> CheckResult:
 class _Run:
     """The processes, proxies and recorders of one run, and its phases."""
 
-    def __init__(self, scenario: Scenario, seed: int, work_dir: Path, say: Progress) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        work_dir: Path,
+        say: Progress,
+        coordinator_args: tuple[str, ...] = (),
+    ) -> None:
         self.scenario, self.seed, self.work_dir, self.say = scenario, seed, work_dir, say
+        self.coordinator_args = coordinator_args
+        self.s3_endpoint: str | None = None
+        self.front_ports: Sequence[int] | None = None
         self.history = History(work_dir / "history" / "harness.jsonl")
 
     def start(self, stack: ExitStack, plan: list[ScheduledFault]) -> None:
@@ -178,35 +206,57 @@ class _Run:
             "schedule": [fault.as_dict() for fault in plan],
         }
         self.history.record(Event(0.0, "harness", "info", "run", value))
-        self._start_cluster(stack)
+        job = f"chaos-{self.scenario.name}-{self.seed}"
+        self.storage = start_storage(stack, self.scenario, self.work_dir, job, self.s3_endpoint)
+        self._start_cluster(stack, job)
         self._start_workers(stack)
+        targets = Targets(
+            self.cluster,
+            self.proxies,
+            self.pool,
+            self.etcd_proxies,
+            self.storage.mount,
+            self.storage.proxy,
+        )
         self.nemesis = Nemesis(
-            Targets(self.cluster, self.proxies, self.pool),
+            targets,
             self._nemesis_history(stack),
             target_rng(self.seed),
         )
         # No heal on the way out: stopping undoes every fault (a paused replica is
         # continued, proxies close), and a restart just to stop again costs seconds.
 
-    def _start_cluster(self, stack: ExitStack) -> None:
-        """etcd and the replicas, each behind a proxy it advertises."""
+    def _route_etcd(self, replica: int, endpoints: list[str]) -> list[str]:
+        """Replica ``replica`` dials etcd through proxies of its own (partition-leader-etcd)."""
+        del replica  # proxies are appended in replica order
+        proxies = [TcpProxy(endpoint).start() for endpoint in endpoints]
+        self.etcd_proxies.append(proxies)
+        return [proxy.address for proxy in proxies]
+
+    def _start_cluster(self, stack: ExitStack, job: str) -> None:
+        """etcd and the replicas: each behind a proxy it advertises, dialling etcd via its own."""
         s = self.scenario
         ports = pick_free_ports(2 * s.replicas)  # one call: no port handed out twice
         listen, fronts = ports[: s.replicas], ports[s.replicas :]
+        if self.front_ports is not None:
+            fronts = list(self.front_ports)
         self.proxies: list[TcpProxy] = []
+        self.etcd_proxies: list[list[TcpProxy]] = []
         stack.callback(self._close_proxies)
         for port, front in zip(listen, fronts, strict=True):
             self.proxies.append(TcpProxy(f"127.0.0.1:{port}", listen_port=front).start())
         self.cluster = LocalCluster.start(
             replicas=s.replicas,
             etcd_members=s.etcd_members,
-            job=f"chaos-{s.name}-{self.seed}",
+            job=job,
             lease_ttl_s=s.lease_ttl_s,
             renew_deadline_s=round(s.lease_ttl_s * 2 / 3, 3),
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             ports=listen,
             advertise_ports=fronts,
             work_dir=self.work_dir / "logs",
+            route_etcd=self._route_etcd,
+            extra_args=self.coordinator_args,
         )
         stack.callback(self.cluster.stop)
         self.say(
@@ -224,18 +274,27 @@ class _Run:
         config = WorkloadConfig(
             coordinators=self.cluster.coordinators,
             job=self.cluster.job,
-            checkpoint_uri=(self.work_dir / "checkpoints").as_uri(),
+            checkpoint_uri=self.storage.uri,
             start=self.history.start,
             steps=s.steps,
             step_time_s=s.step_time_s,
+            environment=self.storage.environment,
         )
         self.pool = WorkerPool([f"w{i}" for i in range(s.workers)], config, self.work_dir)
         stack.callback(self.pool.stop_all)
         self.pool.start_all()
+        self.sims: SimWorkerPool | None = None
+        if s.sim_workers:
+            per_process = s.sim_workers // s.sim_processes
+            self.sims = SimWorkerPool(s.sim_processes, per_process, config, self.work_dir)
+            stack.callback(self.sims.stop_all)
+            self.sims.start_all()
         self.poller = StatusPoller(self.cluster, self.history, interval_s=0.5).start()
         stack.callback(self.poller.stop)
         self._wait_training()
         self.say(f"workers: {', '.join(self.pool.worker_ids)} training {s.steps} steps each")
+        if self.sims is not None:
+            self.say(f"simulated workers: {s.sim_workers} in {s.sim_processes} processes")
 
     def _wait_training(self) -> None:
         """Until every worker trained a step: the schedule's zero is a training cluster."""
@@ -278,33 +337,61 @@ class _Run:
     def _wait_until(self, deadline: float) -> bool:
         """Let the workload run until ``deadline``; False as soon as every worker has exited."""
         while (remaining := deadline - time.monotonic()) > 0:
-            if self.pool.all_exited():
+            if self.all_exited():
                 return False
             time.sleep(min(_POLL_S, remaining))
         return True
 
+    def all_exited(self) -> bool:
+        return self.pool.all_exited() and (self.sims is None or self.sims.all_exited())
+
+    @property
+    def outcomes(self) -> dict[str, WorkerOutcome]:
+        """Each real worker's outcome, and each simulated workers' process's."""
+        return {**self.pool.outcomes, **(self.sims.outcomes if self.sims is not None else {})}
+
     def finish(self) -> FinalState:
-        """Heal, settle, capture the final state, stop the workers still running."""
+        """Heal, settle, stop the workers still training, then capture the final state.
+
+        Workers still training at the settle deadline are told to finish
+        (SIGTERM: they drain their commit queues and leave) before anything is
+        captured, so the final state is not a snapshot of a moving target; the
+        liveness check judges them on what they trained during the settle.
+        """
         self.nemesis.heal_all()
         self.say(f"settling: up to {self.scenario.settle_s:g} s for the workers to finish")
-        self.pool.wait_all(time.monotonic() + self.scenario.settle_s)
+        settle = {"settle_s": self.scenario.settle_s}
+        self.history.record(Event(self.history.clock(), "harness", "info", "settle", settle))
+        deadline = time.monotonic() + self.scenario.settle_s
+        self.pool.wait_all(deadline)
+        if self.sims is not None:
+            self.sims.wait_all(deadline)
+        running = self._running_workers()
+        stopped = self.pool.finish_all(FINISH_GRACE_S)
+        stopped += self.sims.stop_all() if self.sims is not None else []
+        if stopped:
+            self.say(f"stopped at the settle deadline: {', '.join(stopped)}")
         self.poller.stop()
         self.poller.poll()
         final = self._capture()
+        # Liveness judges the workers that were still training at the deadline.
+        return dataclasses.replace(final, live_workers=tuple(sorted(running)))
+
+    def _running_workers(self) -> set[str]:
         running = set(self.pool.running_ids())
-        live = tuple(w for w in final.live_workers if w in running)
-        stopped = self.pool.stop_all()
-        if stopped:
-            self.say(f"stopped at the settle deadline: {', '.join(stopped)}")
-        # A worker whose process ended trains no more: liveness judges only those running.
-        return dataclasses.replace(final, live_workers=live)
+        if self.sims is not None:
+            running |= {
+                worker_id
+                for i, name in enumerate(self.sims.names)
+                if name in self.sims.running_names()
+                for worker_id in self.sims.worker_ids_of(i)
+            }
+        return running
 
     def _capture(self) -> FinalState:
         queues = {w: self.pool.queue_path(w) for w in self.pool.worker_ids}
         try:
-            return capture_final_state(
-                self.cluster, (self.work_dir / "checkpoints").as_uri(), queues
-            )
+            return capture_final_state(self.cluster, self.storage.uri, queues, self.storage.options)
         except DtrError as err:
             self.history.record(
                 Event(self.history.clock(), "harness", "info", "final", {"error": str(err)})
@@ -313,7 +400,7 @@ class _Run:
             return FinalState()
 
     def _close_proxies(self) -> None:
-        for proxy in self.proxies:
+        for proxy in [*self.proxies, *(p for ps in self.etcd_proxies for p in ps)]:
             proxy.close()
 
 

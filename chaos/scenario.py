@@ -3,9 +3,9 @@
 A ``Scenario`` is a frozen description of a run: the cluster's size, how
 long the workload trains, which faults may strike and how often, how long
 each lasts, how long the healed cluster settles. ``SCENARIOS`` holds the
-built-in ones (``dtr chaos list`` prints them); they are Python values, not
-YAML, so adding one needs no parser and no new dependency, and a typo fails
-at import in a test rather than at run time.
+built-in ones are YAML files under ``chaos/scenarios/`` read by
+``scenario_files.py``; every value is checked here, at construction, and the
+loader names the file and line of a value refused.
 
 ``schedule(scenario, seed)`` is pure: the same scenario and seed give the
 same faults at the same times, whatever machine runs them, so a failing run
@@ -33,11 +33,10 @@ from typing import Any
 from dtr.errors import InvalidArgument
 
 __all__ = [
-    "SCENARIOS",
     "FaultKind",
     "Scenario",
+    "ScenarioError",
     "ScheduledFault",
-    "get_scenario",
     "schedule",
     "target_rng",
 ]
@@ -46,7 +45,19 @@ __all__ = [
 DURATION_JITTER = (0.8, 1.2)
 #: A paused leader stays paused this much longer than its lease TTL, so it surely lapses.
 ZOMBIE_MARGIN_S = 2.0
+#: Where a run's checkpoints can go (``Scenario.storage``).
+STORAGES = ("file", "s3")
+#: The shortest step simulated workers take: hundreds must share one process and core.
+SIM_MIN_STEP_TIME_S = 0.05
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class ScenarioError(InvalidArgument):
+    """A scenario value that cannot run; ``field`` names it (a file's loader adds the line)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class FaultKind(enum.StrEnum):
@@ -59,11 +70,19 @@ class FaultKind(enum.StrEnum):
     PARTITION_WORKER = "partition-worker"
     PARTITION_WORKERS = "partition-workers"
     ETCD_MEMBER_KILL = "etcd-member-kill"
+    PARTITION_LEADER_ETCD = "partition-leader-etcd"
+    DISK_FULL = "disk-full"
+    SLOW_STORAGE = "slow-storage"
 
 
 #: Faults that need another replica to take over.
 _NEEDS_TWO_REPLICAS = frozenset(
-    {FaultKind.LEADER_KILL, FaultKind.REPLICA_KILL, FaultKind.ZOMBIE_LEADER}
+    {
+        FaultKind.LEADER_KILL,
+        FaultKind.REPLICA_KILL,
+        FaultKind.ZOMBIE_LEADER,
+        FaultKind.PARTITION_LEADER_ETCD,
+    }
 )
 
 
@@ -89,8 +108,13 @@ class Scenario:
     ``steps`` steps of ``step_time_s`` simulated compute each: undisturbed
     that takes about ``duration_s``, so the workload trains through every
     fault, and the time the faults cost it is made up within ``settle_s``;
-    ``with_duration`` scales the steps along. ``seed`` is the seed used when
-    none is given. Invalid values are refused at construction.
+    ``with_duration`` scales the steps along. ``sim_workers`` simulated
+    workers (asyncio, ``sim_workload.py``) run beside the real ones, spread
+    over ``sim_processes`` processes, with the same steps (they meet the real
+    ones at the same ``step-<n>`` barriers). ``seed`` is the seed used when
+    none is given. ``storage`` is where checkpoints go: ``file`` (the work
+    dir) or ``s3`` (a ``moto_server`` the run starts, behind a proxy the
+    ``slow-storage`` fault delays). Invalid values are refused at construction.
     """
 
     name: str
@@ -108,24 +132,43 @@ class Scenario:
     settle_s: float = 20.0
     lease_ttl_s: int = 3
     heartbeat_timeout_s: float = 5.0
+    sim_workers: int = 0
+    sim_processes: int = 1
+    storage: str = "file"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise InvalidArgument(
-                f"scenario name must be lowercase letters, digits and '-'; got {self.name!r}"
+            raise ScenarioError(
+                f"scenario name must be lowercase letters, digits and '-'; got {self.name!r}",
+                "name",
             )
-        if not self.description.strip():
-            raise InvalidArgument(f"scenario {self.name}: description must not be empty")
-        _check_seed(self.seed)
+        if not isinstance(self.description, str) or not self.description.strip():
+            raise ScenarioError(
+                f"scenario {self.name}: description must not be empty", "description"
+            )
+        try:
+            _check_seed(self.seed)
+        except InvalidArgument as err:
+            raise ScenarioError(str(err), "seed") from None
         _check_faults(self.name, self.faults)
         self._check_numbers()
         self._check_faults_fit()
 
     def _check_numbers(self) -> None:
-        for field in ("replicas", "etcd_members", "workers", "steps", "lease_ttl_s"):
+        for field in (
+            "replicas",
+            "etcd_members",
+            "workers",
+            "steps",
+            "lease_ttl_s",
+            "sim_processes",
+        ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgument(f"scenario {self.name}: {field} must be >= 1; got {value!r}")
+                raise ScenarioError(
+                    f"scenario {self.name}: {field} must be a whole number >= 1; got {value!r}",
+                    field,
+                )
         for field in (
             "duration_s",
             "mean_interval_s",
@@ -136,31 +179,67 @@ class Scenario:
         ):
             value = getattr(self, field)
             if not _is_positive(value):
-                raise InvalidArgument(
-                    f"scenario {self.name}: {field} must be a positive number; got {value!r}"
+                raise ScenarioError(
+                    f"scenario {self.name}: {field} must be a positive number; got {value!r}",
+                    field,
                 )
+        if isinstance(self.sim_workers, bool) or not isinstance(self.sim_workers, int):
+            raise ScenarioError(
+                f"scenario {self.name}: sim_workers must be a whole number; "
+                f"got {self.sim_workers!r}",
+                "sim_workers",
+            )
+        if self.sim_workers < 0 or self.sim_workers % self.sim_processes:
+            raise ScenarioError(
+                f"scenario {self.name}: sim_workers must be >= 0 and a multiple of sim_processes "
+                f"({self.sim_processes}); got {self.sim_workers}",
+                "sim_workers",
+            )
+        if self.sim_workers and self.step_time_s < SIM_MIN_STEP_TIME_S:
+            raise ScenarioError(
+                f"scenario {self.name}: with sim_workers, step_time_s must be at least "
+                f"{SIM_MIN_STEP_TIME_S:g} s (hundreds share one core); got {self.step_time_s:g}",
+                "step_time_s",
+            )
         if self.lease_ttl_s < 2:
-            raise InvalidArgument(
-                f"scenario {self.name}: lease_ttl_s must be >= 2; got {self.lease_ttl_s}"
+            raise ScenarioError(
+                f"scenario {self.name}: lease_ttl_s must be >= 2; got {self.lease_ttl_s}",
+                "lease_ttl_s",
             )
 
     def _check_faults_fit(self) -> None:
         kinds = self.kinds
+        if self.storage not in STORAGES:
+            raise ScenarioError(
+                f"scenario {self.name}: storage must be one of {', '.join(STORAGES)}; "
+                f"got {self.storage!r}",
+                "storage",
+            )
+        for kind, storage in ((FaultKind.SLOW_STORAGE, "s3"), (FaultKind.DISK_FULL, "file")):
+            if kind in kinds and self.storage != storage:
+                raise ScenarioError(
+                    f"scenario {self.name}: {kind.value} needs storage: {storage}; "
+                    f"got {self.storage}",
+                    "storage",
+                )
         if FaultKind.ETCD_MEMBER_KILL in kinds and self.etcd_members < 3:
-            raise InvalidArgument(
+            raise ScenarioError(
                 f"scenario {self.name}: etcd-member-kill needs etcd_members >= 3 (quorum "
-                f"must survive one loss); got {self.etcd_members}"
+                f"must survive one loss); got {self.etcd_members}",
+                "etcd_members",
             )
         if kinds & _NEEDS_TWO_REPLICAS and self.replicas < 2:
-            raise InvalidArgument(
+            raise ScenarioError(
                 f"scenario {self.name}: leader and replica faults need replicas >= 2; "
-                f"got {self.replicas}"
+                f"got {self.replicas}",
+                "replicas",
             )
         longest = self.longest_fault_s
         if self.duration_s < longest:
-            raise InvalidArgument(
-                f"scenario {self.name}: duration must be at least {longest:g} s (its longest "
-                f"fault); got {self.duration_s:g} s"
+            raise ScenarioError(
+                f"scenario {self.name}: duration_s must be at least {longest:g} s (its longest "
+                f"fault); got {self.duration_s:g} s",
+                "duration_s",
             )
 
     @property
@@ -213,17 +292,22 @@ def _check_faults(name: str, faults: Iterable[tuple[FaultKind, float]]) -> None:
     seen: set[FaultKind] = set()
     for kind, weight in faults:
         if not isinstance(kind, FaultKind):
-            raise InvalidArgument(f"scenario {name}: {kind!r} is not a fault kind")
+            raise ScenarioError(
+                f"scenario {name}: {kind!r} is not a fault kind; known: "
+                f"{', '.join(k.value for k in FaultKind)}",
+                "faults",
+            )
         if kind in seen:
-            raise InvalidArgument(f"scenario {name}: fault {kind.value} is listed twice")
+            raise ScenarioError(f"scenario {name}: fault {kind.value} is listed twice", "faults")
         if not _is_positive(weight):
-            raise InvalidArgument(
+            raise ScenarioError(
                 f"scenario {name}: the weight of {kind.value} must be a positive number; "
-                f"got {weight!r}"
+                f"got {weight!r}",
+                f"faults.{kind.value}",
             )
         seen.add(kind)
     if not seen:
-        raise InvalidArgument(f"scenario {name}: faults must name at least one fault kind")
+        raise ScenarioError(f"scenario {name}: faults must name at least one fault kind", "faults")
 
 
 def schedule(scenario: Scenario, seed: int) -> list[ScheduledFault]:
@@ -260,58 +344,3 @@ def _duration_of(scenario: Scenario, kind: FaultKind, rng: random.Random) -> flo
 def target_rng(seed: int) -> random.Random:
     """The nemesis's generator for picking targets: seeded, apart from the schedule's."""
     return random.Random(f"dtr-chaos-targets:{_check_seed(seed)}")
-
-
-_BUILT_IN = (
-    Scenario(
-        "leader-kill",
-        "kill -9 the leader replica, restart it after the fault; failover under training",
-        faults=((FaultKind.LEADER_KILL, 1.0),),
-    ),
-    Scenario(
-        "zombie-leader",
-        "SIGSTOP the leader past its lease TTL, then SIGCONT it: a deposed leader wakes up",
-        faults=((FaultKind.ZOMBIE_LEADER, 1.0),),
-    ),
-    Scenario(
-        "worker-kill",
-        "kill -9 a worker process; it restarts with the same id and commit queue",
-        faults=((FaultKind.WORKER_KILL, 1.0),),
-    ),
-    Scenario(
-        "worker-partition",
-        "cut one worker, or all of them, off from every coordinator (blackhole), then heal",
-        faults=((FaultKind.PARTITION_WORKER, 2.0), (FaultKind.PARTITION_WORKERS, 1.0)),
-    ),
-    Scenario(
-        "mixed",
-        "every coordinator and worker fault: kills, zombie leaders, partitions",
-        faults=(
-            (FaultKind.LEADER_KILL, 2.0),
-            (FaultKind.REPLICA_KILL, 1.0),
-            (FaultKind.ZOMBIE_LEADER, 1.0),
-            (FaultKind.WORKER_KILL, 1.0),
-            (FaultKind.PARTITION_WORKER, 1.0),
-            (FaultKind.PARTITION_WORKERS, 1.0),
-        ),
-        duration_s=45.0,
-        steps=2250,
-    ),
-    Scenario(
-        "etcd-member-kill",
-        "kill -9 one member of a 3-member etcd, restart it; the leader must carry on",
-        faults=((FaultKind.ETCD_MEMBER_KILL, 2.0), (FaultKind.LEADER_KILL, 1.0)),
-        etcd_members=3,
-    ),
-)
-
-#: The built-in scenarios by name, in the order ``dtr chaos list`` prints them.
-SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in _BUILT_IN}
-
-
-def get_scenario(name: str) -> Scenario:
-    """The built-in scenario ``name``; InvalidArgument naming the known ones otherwise."""
-    try:
-        return SCENARIOS[name]
-    except KeyError:
-        raise InvalidArgument(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None

@@ -28,8 +28,9 @@ def format_scenarios(scenarios: Iterable[Scenario]) -> str:
             f"    faults: {s.describe_faults()}; every ~{s.mean_interval_s:g} s, "
             f"~{s.fault_duration_s:g} s each\n"
             f"    {s.duration_s:g} s of faults, {s.settle_s:g} s to settle; "
-            f"{s.replicas} replicas, etcd of {s.etcd_members}, {s.workers} workers x "
-            f"{s.steps} steps; default seed {s.seed}"
+            f"{s.replicas} replicas, etcd of {s.etcd_members}, {s.workers} workers"
+            f"{f' + {s.sim_workers} simulated' if s.sim_workers else ''} x {s.steps} steps; "
+            f"checkpoints to {s.storage}; default seed {s.seed}"
         )
     return "\n".join(blocks)
 
@@ -43,6 +44,11 @@ def format_summary(result: RunResult) -> str:
     for check in result.checks:
         lines += _check(check)
     lines.append(_failover(result))
+    if result.settled_s is not None:
+        lines.append(
+            f"settled: every worker still training trained again {result.settled_s:.2f} s "
+            "after the last heal"
+        )
     lines.append(
         "workers: "
         + "; ".join(

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class WorkloadConfig:
     save_every: int = 20
     barrier_timeout_s: float = 20.0
     heartbeat_interval_s: float = 0.3
+    #: More environment for the processes (an S3 run's endpoint and dummy credentials).
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -83,15 +86,10 @@ class WorkerPool:
         return self.history_dir / f"{worker_id}.jsonl"
 
     def argv(self, worker_id: str) -> list[str]:
-        c = self.config
         return [
-            *(sys.executable, "-m", "dtr.chaos.workload"),
-            *("--coordinators", c.coordinators, "--job", c.job, "--worker-id", worker_id),
-            *("--start", repr(c.start), "--history", str(self.history_path(worker_id))),
-            *("--checkpoint", c.checkpoint_uri, "--queue", str(self.queue_path(worker_id))),
-            *("--steps", str(c.steps), "--save-every", str(c.save_every)),
-            *("--heartbeat-interval-s", str(c.heartbeat_interval_s)),
-            *("--step-time-s", str(c.step_time_s), "--barrier-timeout-s", str(c.barrier_timeout_s)),
+            *(sys.executable, "-m", "dtr.chaos.workload", "--worker-id", worker_id),
+            *("--queue", str(self.queue_path(worker_id))),
+            *workload_args(self.config, self.history_path(worker_id)),
         ]
 
     # --- lifecycle --------------------------------------------------------------
@@ -107,15 +105,8 @@ class WorkerPool:
         if worker_id in self._processes:
             self.outcomes[worker_id].restarts += 1
             drop_torn_line(self.history_path(worker_id))
-        with (self.log_dir / f"{worker_id}.log").open("ab") as log:
-            self._processes[worker_id] = subprocess.Popen(
-                self.argv(worker_id),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_workload_environment(),
-                start_new_session=True,
-            )
+        log_path = self.log_dir / f"{worker_id}.log"
+        self._processes[worker_id] = spawn(self.argv(worker_id), log_path, self.config.environment)
         self._recorded.discard(worker_id)
 
     def kill(self, worker_id: str) -> None:
@@ -125,6 +116,19 @@ class WorkerPool:
             process.kill()
             process.wait(timeout=30)
         self.is_running(worker_id)  # records the exit
+
+    def finish_all(self, grace_s: float) -> list[str]:
+        """SIGTERM every worker still running (it drains its queue and leaves), SIGKILL
+        the ones still there after ``grace_s``; all counted as stopped, their ids returned.
+        """
+        stopped = self.running_ids()
+        for worker_id in stopped:
+            self._processes[worker_id].terminate()
+        wait_for(self.all_exited, time.monotonic() + grace_s)
+        for worker_id in stopped:
+            self.kill(worker_id)  # a no-op for those that exited
+            self.outcomes[worker_id].stopped = True
+        return stopped
 
     def stop_all(self) -> list[str]:
         """Kill every worker still running (counted as stopped); returns their ids."""
@@ -160,17 +164,63 @@ class WorkerPool:
 
     def wait_all(self, deadline: float) -> bool:
         """Wait until every worker exited or ``deadline`` (monotonic); True when all did."""
-        while not self.all_exited():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL_S)
-        return True
+        return wait_for(self.all_exited, deadline)
 
     def log_tail(self, worker_id: str, lines: int = 5) -> str:
-        path = self.log_dir / f"{worker_id}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail(self.log_dir / f"{worker_id}.log", lines)
+
+
+def workload_args(config: WorkloadConfig, history: Path) -> list[str]:
+    """The flags a workload process of either kind (real or simulated) takes from ``config``."""
+    c = config
+    return [
+        *("--coordinators", c.coordinators, "--job", c.job),
+        *("--start", repr(c.start), "--history", str(history)),
+        *("--checkpoint", c.checkpoint_uri),
+        *("--steps", str(c.steps), "--save-every", str(c.save_every)),
+        *("--heartbeat-interval-s", str(c.heartbeat_interval_s)),
+        *("--step-time-s", str(c.step_time_s), "--barrier-timeout-s", str(c.barrier_timeout_s)),
+    ]
+
+
+def spawn(
+    argv: list[str], log_path: Path, environment: tuple[tuple[str, str], ...] = ()
+) -> subprocess.Popen[bytes]:
+    """A workload process in its own session, logging to ``log_path`` (appended).
+
+    ``environment`` adds to ``workload_environment()``; when it brings AWS
+    credentials, the developer's profile and session token are left out.
+    """
+    env = workload_environment()
+    if any(name == "AWS_ACCESS_KEY_ID" for name, _ in environment):
+        env.pop("AWS_PROFILE", None)
+        env.pop("AWS_SESSION_TOKEN", None)
+    env.update(environment)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def wait_for(done: Callable[[], bool], deadline: float) -> bool:
+    """Poll ``done`` until it holds or ``deadline`` (monotonic) passes; whether it held."""
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log ("" when there is none yet)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def drop_torn_line(path: Path) -> None:
@@ -187,7 +237,7 @@ def drop_torn_line(path: Path) -> None:
             history.truncate(data.rfind(b"\n") + 1)
 
 
-def _workload_environment() -> dict[str, str]:
+def workload_environment() -> dict[str, str]:
     """Our environment without ``DTR_*`` settings (``DTR_DEBUG`` aside), unbuffered.
 
     A ``DTR_JOB`` or ``DTR_COORDINATORS`` of the shell that ran ``dtr chaos``

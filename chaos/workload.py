@@ -13,7 +13,9 @@ What it records (the schema ``dtr.chaos.checkers`` reads): ``register``,
 step), ``save`` (invoke at ``save_async``, ok when durable and queued),
 ``commit`` (each answered commit record), ``barrier`` (after each save) and
 ``write`` (every mutating call a coordinator accepted, with its term and
-replica). It exits 0 after ``--steps`` steps, once every commit is answered.
+replica). It exits 0 after ``--steps`` steps, once every commit is answered;
+SIGTERM (the harness's settle deadline) ends training early the same way:
+queued commits answered, the ``done`` barrier, deregistration, exit 0.
 
 ``--step-time-s`` adds that much simulated compute to every step: the MLP
 trains a step in about a millisecond, so without it a run's length would be
@@ -32,6 +34,7 @@ and training goes on.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import time
@@ -113,9 +116,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: Set by SIGTERM: the harness's settle deadline passed; finish like a job that is told to stop.
+STOPPING = threading.Event()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOPPING.set())
     with History(Path(args.history), start=args.start) as history:
         recorder = Recorder(history, f"worker:{args.worker_id}")
         worker = recorder.call(
@@ -187,7 +195,7 @@ def train(
         synthetic_data(args.shards * SHARD_SIZE), sampler=sampler, batch_size=16
     )
     epoch = 0
-    while step < args.steps:
+    while step < args.steps and not STOPPING.is_set():
         sampler.set_epoch(epoch)
         len(sampler)  # fetches this epoch's assignment
         _record_assignment(recorder, sampler, epoch)
@@ -205,7 +213,7 @@ def train(
                 state = {"model": model.state_dict(), "opt": optimizer.state_dict()}
                 _save(manager, recorder, state, step)
                 _barrier(worker, recorder, f"step-{step}", args.barrier_timeout_s)
-            if step >= args.steps:
+            if step >= args.steps or STOPPING.is_set():
                 break
         epoch += 1
 

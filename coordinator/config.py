@@ -45,6 +45,9 @@ class CoordinatorConfig:
       at once on the next endpoint.
     - ``keep_checkpoints``: how many complete checkpoint steps keep their
       records; older and abandoned steps are deleted by the leader.
+    - ``unsafe_disable_fencing``: test-only, a deliberately broken replica
+      (no fence on writes, never steps down on its own) that the chaos
+      checkers must catch; ``dtr coordinator`` does not list the flag.
     """
 
     etcd_endpoints: tuple[str, ...]
@@ -61,6 +64,7 @@ class CoordinatorConfig:
     shutdown_grace_s: float = 2.0
     keep_checkpoints: int = 3
     metrics_port: int | None = None
+    unsafe_disable_fencing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "etcd_endpoints", tuple(parse_endpoints(self.etcd_endpoints)))

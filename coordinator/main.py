@@ -111,6 +111,7 @@ async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
         lease_ttl_s=config.lease_ttl_s,
         renew_deadline_s=config.renew_deadline_s,
         keepalive_interval_s=config.keepalive_interval_s,
+        self_fencing=not config.unsafe_disable_fencing,
     )
     metrics = CoordinatorMetrics()
     if config.metrics_port is not None:

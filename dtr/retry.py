@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import tenacity
@@ -122,7 +122,36 @@ def call_with_retry(
     ``time.sleep`` between attempts, for a background loop that must wake up
     when it is told to stop (``threading.Event.wait``).
     """
-    policy = policy or RetryPolicy()
+    retrying = tenacity.Retrying(
+        **_tenacity_options(policy or RetryPolicy(), operation, logger),
+        sleep=sleep if sleep is not None else tenacity.nap.sleep,
+    )
+    return retrying(call)
+
+
+async def retry_async(
+    attempt: Callable[[], Awaitable[_T]],
+    *,
+    operation: str,
+    policy: RetryPolicy | None = None,
+    logger: logging.Logger = _log,
+) -> _T:
+    """``call_with_retry`` for coroutines: the same predicate, backoff and deadline.
+
+    Backoffs sleep on the event loop, so hundreds of callers in one process
+    (the chaos harness's simulated workers) never block each other.
+    """
+    retrying = tenacity.AsyncRetrying(
+        **_tenacity_options(policy or RetryPolicy(), operation, logger)
+    )
+    result: _T = await retrying(attempt)
+    return result
+
+
+def _tenacity_options(
+    policy: RetryPolicy, operation: str, logger: logging.Logger
+) -> dict[str, Any]:
+    """The one retry configuration, for tenacity's synchronous and asyncio retriers alike."""
 
     def log_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -135,14 +164,12 @@ def call_with_retry(
             state.upcoming_sleep,
         )
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_retryable),
-        wait=tenacity.wait_random_exponential(
+    return {
+        "retry": tenacity.retry_if_exception(is_retryable),
+        "wait": tenacity.wait_random_exponential(
             multiplier=policy.initial_backoff_s, max=policy.max_backoff_s
         ),
-        stop=tenacity.stop_after_delay(policy.deadline_s),
-        before_sleep=log_sleep,
-        reraise=True,
-        sleep=sleep if sleep is not None else tenacity.nap.sleep,
-    )
-    return retrying(call)
+        "stop": tenacity.stop_after_delay(policy.deadline_s),
+        "before_sleep": log_sleep,
+        "reraise": True,
+    }

@@ -55,10 +55,12 @@ class LatestCheckpoint:
         return next((p for p in self.parts if p.worker_id == worker_id), None)
 
 
-def send_commit(
-    client: CoordinatorClient, record: CommitRecord, policy: RetryPolicy | None = None
-) -> CommitAck:
-    """Send one commit; raises ``CoordinatorUnavailable`` when no leader answered in time."""
+def commit_request(record: CommitRecord) -> pb.CommitCheckpointRequest:
+    """The ``CommitCheckpoint`` request (without header) for one commit record.
+
+    Public so every sender (this module, the chaos harness's simulated
+    workers on ``grpc.aio``) puts the same fields on the wire.
+    """
     part = pb.CheckpointPart(
         uri=record.uri,
         size_bytes=record.size_bytes,
@@ -70,17 +72,29 @@ def send_commit(
         manifest_uri=record.manifest_uri,
         replicated=record.replicated,
     )
+    return pb.CommitCheckpointRequest(
+        step=record.step, worker_id=record.worker_id, generation=record.generation, part=part
+    )
+
+
+def commit_ack(response: pb.CommitCheckpointResponse) -> CommitAck:
+    """The plain value of a ``CommitCheckpoint`` answer."""
+    latest = response.latest_complete_step if response.HasField("latest_complete_step") else None
+    return CommitAck(_OUTCOME[response.status], response.step_complete, latest)
+
+
+def send_commit(
+    client: CoordinatorClient, record: CommitRecord, policy: RetryPolicy | None = None
+) -> CommitAck:
+    """Send one commit; raises ``CoordinatorUnavailable`` when no leader answered in time."""
     response = client.call(
         "CommitCheckpoint",
-        lambda: pb.CommitCheckpointRequest(
-            step=record.step, worker_id=record.worker_id, generation=record.generation, part=part
-        ),
+        lambda: commit_request(record),
         operation=f"commit checkpoint step {record.step}",
         mutating=True,
         policy=policy,
     )
-    latest = response.latest_complete_step if response.HasField("latest_complete_step") else None
-    return CommitAck(_OUTCOME[response.status], response.step_complete, latest)
+    return commit_ack(response)
 
 
 def fetch_latest(
@@ -94,6 +108,11 @@ def fetch_latest(
         mutating=False,
         policy=policy,
     )
+    return latest_of(response)
+
+
+def latest_of(response: pb.GetLatestCheckpointResponse) -> LatestCheckpoint | None:
+    """The plain value of a ``GetLatestCheckpoint`` answer (None: no complete step)."""
     if not response.has_checkpoint:
         return None
     parts = tuple(

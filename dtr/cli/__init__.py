@@ -29,6 +29,7 @@ from dtr.errors import DtrError
 from .chaos_command import add_chaos_command
 from .config_file import CONFIG_ENV, config_values, load_config
 from .coordinator_command import add_coordinator_command
+from .demo_command import add_demo_command
 from .etcd_command import add_etcd_command
 from .options import ENV_NOTE, TRUTHY, Parser, add_debug, apply_environment
 from .status_command import add_status_command
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_command(commands)
     add_status_command(commands)
     add_chaos_command(commands)
+    add_demo_command(commands)
     return parser
 
 

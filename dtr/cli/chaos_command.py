@@ -1,11 +1,14 @@
 """``dtr chaos``: run a chaos scenario against a real local cluster, or list the scenarios.
 
-``dtr chaos list`` prints the built-in scenarios (``dtr.chaos.scenario``).
-``dtr chaos run SCENARIO`` starts etcd, the replicas behind fault-injecting
-proxies and training workers, injects the scenario's seeded faults, checks
-the invariants of DESIGN §5 on the recorded history, prints a summary, and
-exits 0 only if every check passed (1 otherwise, or on bad input). The seed
-is printed first, so any run can be replayed with ``--seed``.
+``dtr chaos list`` prints the built-in scenarios (the YAML files under
+``chaos/scenarios/``). ``dtr chaos run SCENARIO`` (a name, or a path to a
+scenario file) starts etcd, the replicas behind fault-injecting proxies and
+training workers, injects the scenario's seeded faults, checks the
+invariants of DESIGN §5 on the recorded history, prints a summary, writes
+the HTML report when ``--report`` asks, and exits 0 only if every check
+passed (1 otherwise, or on bad input; 130 when interrupted). The seed is
+printed first, so any run can be replayed with ``--seed``. SIGTERM stops a
+run like Ctrl-C does: every process and proxy it started is stopped first.
 
 The chaos harness is imported inside the command functions, like every heavy
 module of the CLI (``dtr/cli/__init__.py``).
@@ -14,13 +17,13 @@ module of the CLI (``dtr/cli/__init__.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from dtr.errors import InvalidArgument
 
 from .options import ENV_NOTE, Commands, EnvOption, Parser, add_debug, add_options
+from .signals import sigterm_interrupts
 
 _RUN_OPTIONS = (
     EnvOption(
@@ -54,8 +57,8 @@ _RUN_OPTIONS = (
         None,
         Path,
         "PATH",
-        "also write the results there, as JSON (an HTML report with a timeline "
-        "comes in a later release)",
+        "write an HTML report there: verdict, a timeline of leader terms, worker "
+        "liveness, faults, barriers and checkpoints, each invariant, failover times",
     ),
 )
 
@@ -83,24 +86,29 @@ def add_chaos_command(commands: Commands[Parser]) -> None:
         epilog=ENV_NOTE,
     )
     add_debug(run, default=argparse.SUPPRESS)
-    run.add_argument("scenario", metavar="SCENARIO", help="a scenario name from 'dtr chaos list'")
+    run.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="a scenario name from 'dtr chaos list', or the path of a scenario .yaml file",
+    )
     add_options(run, _RUN_OPTIONS)
     run.set_defaults(run=run_chaos_run)
 
 
 def run_chaos_list(args: argparse.Namespace) -> int:
-    from dtr.chaos.scenario import SCENARIOS
+    from dtr.chaos.scenario_files import builtin_scenarios
     from dtr.chaos.summary import format_scenarios
 
     del args
-    print(format_scenarios(SCENARIOS.values()), flush=True)
+    print(format_scenarios(builtin_scenarios().values()), flush=True)
     return 0
 
 
 def run_chaos_run(args: argparse.Namespace) -> int:
     """Validate, run, summarize; 0 when every check passed, 1 when one failed."""
+    from dtr.chaos.report import write_report
     from dtr.chaos.runner import run_scenario
-    from dtr.chaos.scenario import get_scenario
+    from dtr.chaos.scenario_files import get_scenario
     from dtr.chaos.summary import format_summary
 
     scenario = get_scenario(args.scenario)
@@ -109,13 +117,18 @@ def run_chaos_run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--seed must be a whole number >= 0; got {seed}")
     if args.duration is not None:
         scenario = scenario.with_duration(args.duration)  # refuses what cannot work
+    report = args.report.absolute() if args.report is not None else None
+    work_dir = (
+        args.work_dir or Path(tempfile.mkdtemp(prefix=f"dtr-chaos-{scenario.name}-"))
+    ).absolute()
+    if report is not None and not (report.parent.is_dir() or report.parent == work_dir):
+        raise InvalidArgument(f"--report: no directory {report.parent} to write into")
     print(f"seed: {seed}", flush=True)
-    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix=f"dtr-chaos-{scenario.name}-"))
-    result = run_scenario(
-        scenario, seed=seed, work_dir=work_dir, progress=lambda line: print(line, flush=True)
-    )
+    with sigterm_interrupts():
+        result = run_scenario(
+            scenario, seed=seed, work_dir=work_dir, progress=lambda line: print(line, flush=True)
+        )
     print(format_summary(result), flush=True)
-    if args.report is not None:
-        args.report.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-        print(f"report: {args.report}", flush=True)
+    if report is not None:
+        print(f"report: {write_report(report, result)}", flush=True)
     return 0 if result.passed else 1

@@ -135,6 +135,9 @@ COORDINATOR_OPTIONS = (
     ),
 )
 
+#: Test-only, unlisted: a deliberately broken replica the chaos checkers must catch.
+HIDDEN_UNSAFE_FLAG = "--unsafe-disable-fencing"
+
 # CoordinatorConfig field -> the flag that sets it.
 FIELD_FLAGS = {
     "etcd_endpoints": "--etcd",
@@ -151,6 +154,7 @@ FIELD_FLAGS = {
     "shutdown_grace_s": "--shutdown-grace-s",
     "keep_checkpoints": "--keep-checkpoints",
     "metrics_port": "--metrics-port",
+    "unsafe_disable_fencing": HIDDEN_UNSAFE_FLAG,
 }
 _FIELD_WORD = re.compile(r"\b(" + "|".join(sorted(FIELD_FLAGS, key=len, reverse=True)) + r")\b")
 
@@ -166,6 +170,8 @@ def add_coordinator_command(commands: Commands[Parser]) -> None:
     )
     add_debug(parser, default=argparse.SUPPRESS)
     add_options(parser, COORDINATOR_OPTIONS)
+    # Test-only and unlisted: the chaos harness's proof that it can fail (tests/chaos/).
+    parser.add_argument(HIDDEN_UNSAFE_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run_coordinator)
 
 
@@ -196,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             shutdown_grace_s=args.shutdown_grace_s,
             keep_checkpoints=args.keep_checkpoints,
             metrics_port=args.metrics_port,
+            unsafe_disable_fencing=args.unsafe_disable_fencing,
         )
     except InvalidArgument as err:
         raise InvalidArgument(flag_message(str(err))) from err

@@ -20,6 +20,7 @@ from dtr.cli import build_parser
 from dtr.cli.coordinator_command import (
     COORDINATOR_OPTIONS,
     FIELD_FLAGS,
+    HIDDEN_UNSAFE_FLAG,
     config_from_args,
     flag_message,
 )
@@ -151,7 +152,24 @@ def test_the_cli_defaults_are_the_configs_defaults() -> None:
 def test_every_config_field_has_a_flag() -> None:
     fields = {f.name for f in dataclasses.fields(CoordinatorConfig)}
     assert set(FIELD_FLAGS) == fields
-    assert {option.flag for option in COORDINATOR_OPTIONS} == set(FIELD_FLAGS.values())
+    listed = {option.flag for option in COORDINATOR_OPTIONS}
+    assert listed | {HIDDEN_UNSAFE_FLAG} == set(FIELD_FLAGS.values())
+
+
+def test_the_test_only_unsafe_flag_is_not_listed_and_is_off_by_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["coordinator", "--help"])
+    listing = capsys.readouterr().out
+    assert "--renew-deadline-s" in listing and HIDDEN_UNSAFE_FLAG not in listing
+    args = parser.parse_args(["coordinator"])
+    apply_environment(args, {"DTR_ETCD": NOWHERE})
+    assert config_from_args(args).unsafe_disable_fencing is False
+    unsafe = parser.parse_args(["coordinator", HIDDEN_UNSAFE_FLAG])
+    apply_environment(unsafe, {"DTR_ETCD": NOWHERE})
+    assert config_from_args(unsafe).unsafe_disable_fencing is True
 
 
 def test_flag_message_rewrites_field_names_only_as_whole_words() -> None:

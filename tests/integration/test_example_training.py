@@ -91,3 +91,38 @@ def test_two_copies_of_the_example_run_side_by_side_and_the_loss_falls(
         assert losses[-1] < losses[0], f"{name}: the loss did not fall: {losses}"
         assert re.search(rf"^done: {EPOCHS} epochs, final loss {losses[-1]:.4f}$", stdout, re.M)
         assert f"joined job {cluster.job} as {name}" in stderr
+
+
+TUTORIAL = SCRIPT.parent / "tutorial" / "with_dtr.py"
+
+
+def run_tutorial(cluster: LocalCluster, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """docs/tutorial.md's script, configured the way the tutorial says: DTR_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTR_")}
+    env |= {
+        "DTR_COORDINATORS": cluster.coordinators,
+        "DTR_JOB": cluster.job,
+        "DTR_WORKER_ID": "w0",
+        "DTR_STATE_DIR": str(tmp_path / "state"),
+    }
+    return subprocess.run(
+        [sys.executable, str(TUTORIAL), "--epochs", "1", "--checkpoint", tmp_path.as_uri()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_the_tutorial_script_trains_and_a_second_run_resumes_from_its_checkpoint(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    steps = []
+    for _ in range(2):
+        done = run_tutorial(cluster, tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        found = re.search(r"^epoch 0: step (\d+), loss [0-9.]+$", done.stdout, re.M)
+        assert found, done.stdout
+        steps.append(int(found.group(1)))
+    assert steps[1] > steps[0], "the second run did not resume from the first run's checkpoint"

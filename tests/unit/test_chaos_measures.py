@@ -11,10 +11,11 @@ from typing import Any
 
 from dtr.chaos.checker_base import CheckResult, Violation
 from dtr.chaos.history import Event, EventType
-from dtr.chaos.measures import failover_times, operation_counts
+from dtr.chaos.measures import failover_times, operation_counts, settle_time
 from dtr.chaos.nemesis import FaultRecord
 from dtr.chaos.runner import RunResult, check_workers
-from dtr.chaos.scenario import FaultKind, ScheduledFault, get_scenario
+from dtr.chaos.scenario import FaultKind, ScheduledFault
+from dtr.chaos.scenario_files import get_scenario
 from dtr.chaos.summary import format_scenarios, format_summary
 from dtr.chaos.workers import WorkerOutcome
 
@@ -58,6 +59,43 @@ def test_a_leader_fault_with_no_newer_write_after_it_is_counted_unmeasured() -> 
     assert failovers.p50_s is None
 
 
+def test_a_leader_cut_off_from_etcd_is_a_failover() -> None:
+    events = [write(1.0, 3), nemesis(2.0, "ok", "partition", term=3, role="leader"), write(5.0, 4)]
+    assert failover_times(events).times_s == (3.0,)
+
+
+def test_a_leader_keeping_its_term_through_a_short_cut_is_back_at_its_first_write_after_heal() -> (
+    None
+):
+    events = [
+        write(1.0, 3),
+        nemesis(2.0, "ok", "partition", term=3, role="leader"),
+        write(2.1, 3),  # answered before the cut took hold: not a recovery
+        nemesis(4.0, "info", "partition", healed=True),
+        write(4.5, 3),
+        write(9.0, 5),
+    ]
+    assert failover_times(events).times_s == (2.5,)
+
+
+def train(time: float, worker: str) -> Event:
+    return Event(time, f"worker:{worker}", "ok", "train", {"step": 1})
+
+
+def test_settling_ends_when_the_slowest_worker_still_training_trains_again() -> None:
+    events = [
+        train(1.0, "a"),
+        nemesis(2.0, "info", "kill", healed=True),
+        nemesis(5.0, "info", "partition", healed=True),  # the last heal
+        train(4.0, "done"),  # finished before the last heal: not waiting for anything
+        train(5.5, "a"),
+        train(7.25, "b"),
+        train(8.0, "a"),
+    ]
+    assert settle_time(sorted(events, key=lambda e: e.time)) == 2.25
+    assert settle_time([train(1.0, "a")]) is None  # nothing healed
+
+
 def test_operations_are_counted_by_outcome_without_the_nemesis_or_the_run_notes() -> None:
     events = [
         Event(0.0, "harness", "info", "run", {"seed": 1}),
@@ -88,7 +126,7 @@ def test_the_summary_shows_faults_each_invariant_and_the_first_violations() -> N
         "barriers", False, 9, tuple(Violation(f"violation {i}") for i in range(5)), left_off=2
     )
     result = RunResult(
-        scenario=get_scenario("leader-kill"),
+        scenario=get_scenario("leader-crash-loop"),
         seed=7,
         work_dir=Path("/tmp/run"),
         schedule=(ScheduledFault(1.0, FaultKind.LEADER_KILL, 3.0),),
@@ -112,6 +150,6 @@ def test_the_summary_shows_faults_each_invariant_and_the_first_violations() -> N
 
 
 def test_the_scenario_listing_names_each_scenario_and_its_faults() -> None:
-    text = format_scenarios([get_scenario("mixed")])
-    assert text.startswith("mixed\n")
-    assert "leader-kill x2" in text and "default seed 0" in text
+    text = format_scenarios([get_scenario("mixed-soak")])
+    assert text.startswith("mixed-soak\n")
+    assert "leader-kill x2" in text and "default seed 2026" in text

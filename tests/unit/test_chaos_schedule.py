@@ -14,14 +14,8 @@ from typing import Any
 
 import pytest
 
-from dtr.chaos.scenario import (
-    SCENARIOS,
-    FaultKind,
-    Scenario,
-    get_scenario,
-    schedule,
-    target_rng,
-)
+from dtr.chaos.scenario import FaultKind, Scenario, schedule, target_rng
+from dtr.chaos.scenario_files import builtin_scenarios, get_scenario
 from dtr.errors import InvalidArgument
 
 BASE = Scenario(
@@ -115,6 +109,12 @@ def test_target_choices_are_seeded_and_apart_from_the_schedule() -> None:
         ({"settle_s": 0}, "settle_s"),
         ({"lease_ttl_s": 1}, "lease_ttl_s"),
         ({"faults": ((FaultKind.ETCD_MEMBER_KILL, 1.0),)}, "etcd_members >= 3"),
+        ({"storage": "nfs"}, "storage must be one of file, s3"),
+        ({"faults": ((FaultKind.SLOW_STORAGE, 1.0),)}, "slow-storage needs storage: s3"),
+        ({"faults": ((FaultKind.DISK_FULL, 1.0),), "storage": "s3"}, "disk-full needs storage"),
+        ({"sim_workers": 3, "sim_processes": 2, "step_time_s": 0.1}, "multiple of sim_processes"),
+        ({"sim_workers": 10}, "step_time_s must be at least 0.05"),
+        ({"sim_processes": 0}, "sim_processes"),
     ],
 )
 def test_a_scenario_that_cannot_work_is_refused(change: dict[str, Any], message: str) -> None:
@@ -134,10 +134,35 @@ def test_a_seed_that_is_not_a_whole_number_from_zero_is_refused(seed: Any) -> No
         schedule(BASE, seed)
 
 
+SHIPPED = {
+    "leader-crash-loop",
+    "zombie-leader",
+    "partition-worker-from-coordinators",
+    "partition-leader-from-etcd",
+    "etcd-member-loss",
+    "worker-churn",
+    "mixed-soak",
+    "disk-full",
+    "scale-200",
+    "slow-storage",
+}
+
+
 def test_the_built_in_scenarios_are_valid_and_unknown_names_list_them() -> None:
-    assert {"leader-kill", "worker-partition", "zombie-leader", "mixed"} <= set(SCENARIOS)
-    for name, scenario in SCENARIOS.items():
+    scenarios = builtin_scenarios()
+    assert set(scenarios) >= SHIPPED
+    for name, scenario in scenarios.items():
         assert scenario.name == name
         assert schedule(scenario, scenario.seed)
-    with pytest.raises(InvalidArgument, match="known: leader-kill, "):
+    with pytest.raises(InvalidArgument, match="known: disk-full, etcd-member-loss, "):
         get_scenario("no-such-scenario")
+
+
+def test_the_soak_strikes_every_five_to_ten_seconds_for_ten_minutes() -> None:
+    soak = get_scenario("mixed-soak")
+    plan = schedule(soak, soak.seed)
+    starts = [fault.at_s for fault in plan]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert soak.duration_s == 600
+    assert 5.0 <= sum(gaps) / len(gaps) <= 10.0
+    assert len({fault.kind for fault in plan}) == len(soak.faults)  # every kind strikes

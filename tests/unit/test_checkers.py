@@ -20,6 +20,7 @@ from dtr.chaos.checkers import (
     check_all,
     check_barriers,
     check_checkpoints,
+    check_claims,
     check_commits,
     check_liveness,
     check_loads,
@@ -102,6 +103,42 @@ def test_info_and_failed_writes_never_make_a_second_writer() -> None:
         op("worker:c", "write", 0, 2, {"replica": "r3"}, type="fail", term=5),
     )
     assert check_writes(events).ok
+
+
+def claim(
+    start: float, end: float, replica: str, term: int | None, leads: bool = True
+) -> tuple[Event, Event]:
+    value = {"replica": replica, "is_leader": leads, "term": term}
+    return op("harness", "claim", start, end, value, invoke={"replica": replica})
+
+
+def test_a_leader_that_stops_claiming_before_the_next_term_passes() -> None:
+    events = history(
+        claim(0, 0.1, "r1", 5),
+        claim(1, 1.1, "r1", 5, leads=False),
+        claim(2, 2.1, "r2", 9),
+        claim(3, 3.1, "r1", 9, leads=False),
+        claim(4, 4.1, "r1", None),  # a follower's answer: no claim
+    )
+    result = check_claims(events)
+    assert result.ok and (result.checked, result.unchecked) == (2, 1), result
+
+
+def test_an_older_term_claimed_after_a_newer_one_was_seen_is_a_split_brain() -> None:
+    newer, stale = claim(2, 2.1, "r2", 9), claim(3, 3.1, "r1", 5)
+    result = check_claims(history(claim(0, 0.1, "r1", 5), newer, stale))
+    assert_names(result, newer[1], stale[1])
+    assert "r1 still claimed term 5" in result.violations[0].message
+
+
+def test_claims_whose_probes_overlap_may_answer_in_either_order() -> None:
+    slow_old, fast_new = claim(0, 3, "r1", 5), claim(1, 2, "r2", 9)
+    assert check_claims(history(slow_old, fast_new)).ok
+
+
+def test_one_term_claimed_by_two_replicas_is_a_violation() -> None:
+    one, two = claim(0, 0.1, "r1", 7), claim(1, 1.1, "r2", 7)
+    assert_names(check_claims(history(one, two)), one[1], two[1])
 
 
 def test_a_generation_seen_with_two_member_sets_is_a_violation() -> None:
@@ -306,9 +343,14 @@ def test_commits_pending_after_settle_are_a_violation_and_dead_workers_unchecked
     assert len(result.violations) == 1 and result.unchecked == 1
 
 
-def test_a_step_accepted_twice_for_one_worker_is_a_violation() -> None:
-    first, again = commit("a", 0, 1, 10), commit("a", 2, 3, 10)
+def test_a_commit_record_accepted_twice_is_a_violation() -> None:
+    first, again = commit("a", 0, 1, 10, generation=4), commit("a", 2, 3, 10, generation=4)
     assert_names(check_commits(history(first, again), DONE), first[1], again[1])
+
+
+def test_a_step_trained_again_after_a_restart_may_be_accepted_under_its_new_generation() -> None:
+    first, redone = commit("a", 0, 1, 10, generation=4), commit("a", 5, 6, 10, generation=6)
+    assert check_commits(history(first, redone), DONE).ok
 
 
 def load(worker: str, start: float, end: float, step: int | None) -> tuple[Event, Event]:
@@ -346,6 +388,20 @@ def test_liveness_passes_when_every_live_worker_trained_during_settle() -> None:
     assert check_liveness(events, DONE, settle_s=5).ok
 
 
+def test_the_settle_window_is_the_one_the_harness_noted_not_the_history_tail() -> None:
+    settle = Event(4.0, "harness", "info", "settle", {"settle_s": 5})
+    events = [
+        train("a", 1, 1),
+        train("b", 1, 1),
+        settle,
+        train("a", 6, 2),  # during the settle window [4, 9]
+        train("b", 12, 2),  # only after it, while told to stop: proves nothing
+        Event(20.0, "worker:a", "ok", "barrier", {"name": "done"}),
+    ]
+    result = check_liveness(events, DONE, settle_s=5)
+    assert [v.message for v in result.violations] == ["b trained no step in the last 5s"]
+
+
 def test_a_stuck_worker_no_leader_and_pending_commits_fail_liveness() -> None:
     stuck = train("b", 8, 1)
     final = FinalState(leader=None, live_workers=("a", "b"), pending_commits={"a": 2})
@@ -374,6 +430,7 @@ def test_a_whole_valid_run_passes_every_checker_after_a_jsonl_round_trip(tmp_pat
         load("a", 0.1, 0.2, None),
         load("b", 0.1, 0.3, None),
         write("worker:a", 0.4, 0.5, 5, "r1"),
+        claim(0.6, 0.7, "r1", 5),
         shards("a", 1, [0, 2]),
         shards("b", 1.1, [1, 3]),
         barrier("a", 2, 3, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -9,7 +10,14 @@ import pytest
 
 from dtr.errors import CoordinatorUnavailable, InvalidArgument, NotFound, NotLeader
 from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY, NOT_LEADER
-from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, is_retryable, status_code
+from dtr.retry import (
+    RetryPolicy,
+    call_with_retry,
+    is_not_leader,
+    is_retryable,
+    retry_async,
+    status_code,
+)
 from helpers import StatusError
 
 RETRIED = {
@@ -73,6 +81,31 @@ def test_call_with_retry_retries_then_returns_and_logs_each_sleep(
         sum("register: attempt" in r.message and "UNAVAILABLE" in r.message for r in caplog.records)
         == 2
     )
+
+
+def test_retry_async_is_the_same_policy_for_coroutines(caplog: pytest.LogCaptureFixture) -> None:
+    failures = [StatusError(grpc.StatusCode.UNAVAILABLE)] * 2
+    attempts: list[int] = []
+
+    async def flaky() -> str:
+        attempts.append(1)
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    async def refused() -> None:
+        attempts.append(1)
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT)
+
+    policy = RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.01, deadline_s=5.0)
+    with caplog.at_level(logging.INFO, logger="dtr.retry"):
+        assert asyncio.run(retry_async(flaky, operation="beat", policy=policy)) == "ok"
+    assert len(attempts) == 3
+    assert sum("beat: attempt" in r.message for r in caplog.records) == 2
+    attempts.clear()
+    with pytest.raises(StatusError):
+        asyncio.run(retry_async(refused, operation="x", policy=policy))
+    assert attempts == [1]
 
 
 def test_a_final_error_is_raised_after_one_attempt() -> None:

@@ -1,29 +1,35 @@
 """A whole chaos run for real: ``run_scenario`` and the ``dtr chaos`` command.
 
-The ``leader-kill`` scenario runs with a short duration against its own etcd,
-three replicas behind proxies and two training workers: its leader kills
-must be injected and healed, failover measured from the history, every
-checker must pass, the results and histories must stay in the work dir, and
-no process of the run may outlive it. The CLI cases check the listing and
-that bad input costs one line on stderr and exit status 1.
+The ``leader-crash-loop`` scenario runs with a short duration against its
+own etcd, three replicas behind proxies and two training workers: its leader
+kills must be injected and healed, failover measured from the history, every
+checker must pass, the results and histories must stay in the work dir, the
+HTML report must show every term, and no process of the run may outlive it.
+The CLI cases check the listing, that bad input costs one line on stderr and
+exit status 1, and that Ctrl-C or SIGTERM stops everything the run started.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dtr.chaos.disk import MountError, TmpfsMount
+from dtr.chaos.history import read_history
+from dtr.chaos.report import write_report
 from dtr.chaos.runner import run_scenario
-from dtr.chaos.scenario import SCENARIOS, get_scenario
+from dtr.chaos.scenario_files import builtin_scenarios, get_scenario
+from helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
 DTR = [sys.executable, "-m", "dtr"]
-SEED = 12  # two leader kills within DURATION_S
+SEED = 16  # two leader kills within DURATION_S
 DURATION_S = 10.0  # about 30 s in all on a 2-core machine
 
 
@@ -45,7 +51,7 @@ def test_a_short_leader_kill_run_injects_heals_measures_failover_and_passes_ever
 ) -> None:
     lines: list[str] = []
     result = run_scenario(
-        get_scenario("leader-kill"),
+        get_scenario("leader-crash-loop"),
         seed=SEED,
         work_dir=tmp_path,
         duration_s=DURATION_S,
@@ -54,7 +60,7 @@ def test_a_short_leader_kill_run_injects_heals_measures_failover_and_passes_ever
 
     failed = {c.name: [v.message for v in c.violations] for c in result.checks if not c.ok}
     assert result.passed, failed
-    assert lines[0].startswith(f"seed {SEED}: scenario leader-kill")
+    assert lines[0].startswith(f"seed {SEED}: scenario leader-crash-loop")
     healed = [f for f in result.faults if f.outcome == "healed"]
     assert len(healed) == len(result.schedule) == 2
     assert all(f.healed_s is not None and f.healed_s > f.started_s for f in healed)
@@ -71,6 +77,15 @@ def test_a_short_leader_kill_run_injects_heals_measures_failover_and_passes_ever
     assert processes_mentioning(result.scenario.name + f"-{SEED}") == []
     assert processes_mentioning(str(tmp_path)) == []
 
+    page = write_report(tmp_path / "report.html", result).read_text()
+    assert "PASSED" in page and "<svg" in page
+    assert all(f"term {t}" in page for t in _terms_written(tmp_path))
+
+
+def _terms_written(work_dir: Path) -> set[int]:
+    events = read_history(sorted((work_dir / "history").glob("*.jsonl")))
+    return {e.term for e in events if e.f == "write" and e.type == "ok" and e.term is not None}
+
 
 def test_a_work_dir_with_an_earlier_run_is_refused_before_anything_starts(
     tmp_path: Path,
@@ -78,7 +93,7 @@ def test_a_work_dir_with_an_earlier_run_is_refused_before_anything_starts(
     (tmp_path / "history").mkdir()
     (tmp_path / "history" / "w0.jsonl").write_text("")
     with pytest.raises(ValueError, match="already holds a run"):
-        run_scenario(get_scenario("leader-kill"), seed=1, work_dir=tmp_path)
+        run_scenario(get_scenario("leader-crash-loop"), seed=1, work_dir=tmp_path)
 
 
 def test_dtr_chaos_list_prints_every_built_in_scenario() -> None:
@@ -87,15 +102,16 @@ def test_dtr_chaos_list_prints_every_built_in_scenario() -> None:
     )
     assert done.returncode == 0, done.stderr
     names = [line for line in done.stdout.splitlines() if line and not line.startswith(" ")]
-    assert names == list(SCENARIOS)
+    assert names == list(builtin_scenarios())
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["no-such-scenario"], "unknown scenario 'no-such-scenario'; known: leader-kill"),
-        (["leader-kill", "--seed", "-3"], "--seed must be a whole number >= 0"),
-        (["leader-kill", "--duration", "-5"], "duration must be a positive number"),
+        (["no-such-scenario"], "unknown scenario 'no-such-scenario'; known: disk-full"),
+        (["zombie-leader", "--seed", "-3"], "--seed must be a whole number >= 0"),
+        (["zombie-leader", "--duration", "-5"], "duration must be a positive number"),
+        (["no/such.yaml"], "no/such.yaml: cannot read the scenario file"),
     ],
 )
 def test_bad_chaos_run_input_is_one_line_on_stderr_and_exit_status_1(
@@ -112,3 +128,37 @@ def test_bad_chaos_run_input_is_one_line_on_stderr_and_exit_status_1(
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert not any(tmp_path.iterdir()), "nothing may start on bad input"
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    try:
+        TmpfsMount(where / "probe", 1).mount().unmount()
+    except MountError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_stops_everything_it_started(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    """Ctrl-C or SIGTERM mid-fault-phase: exit 130, no process left, the tmpfs unmounted."""
+    scenario = "disk-full" if _can_mount_tmpfs(tmp_path) else "leader-crash-loop"
+    work_dir = tmp_path / "run"
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        run = subprocess.Popen(
+            [*DTR, "chaos", "run", scenario, "--duration", "30", "--work-dir", str(work_dir)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "fault phase" in out.read_text(), 120, "the fault phase to begin")
+        run.send_signal(signum)
+        assert run.wait(timeout=60) == 130, out.read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert processes_mentioning(str(work_dir)) == []
+    assert not (work_dir / "checkpoints").is_mount()

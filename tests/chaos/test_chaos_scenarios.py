@@ -1,0 +1,161 @@
+"""Short runs of the shipped scenarios, and the proof that the harness can fail.
+
+Each run is a real cluster (etcd, three replicas behind proxies, each
+dialling etcd through proxies of its own) with two training workers,
+shortened to ``DURATION_S`` of faults. Every checker must pass, and each
+scenario must have done what it is for: the leader cut off from etcd fenced
+itself and another replica took over; the paused leader was replaced; the
+full disk failed saves that succeeded again once freed; the slow link to S3
+slowed saves.
+
+The last test starts every replica with ``--unsafe-disable-fencing`` (a
+test-only flag: no fence on writes, never steps down) and cuts the leader
+off from etcd: the claims checker must report the split brain. A harness
+that cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dtr.chaos.checker_base import CheckResult
+from dtr.chaos.disk import MountError, TmpfsMount
+from dtr.chaos.history import Event, read_history
+from dtr.chaos.nemesis import SLOW_STORAGE_DELAY_S
+from dtr.chaos.runner import RunResult, run_scenario
+from dtr.chaos.scenario_files import get_scenario
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 8.0  # the longest of these faults lasts 6 s; about 35 s a run on 2 cores
+
+
+def run(name: str, seed: int, tmp_path: Path, *coordinator_args: str) -> RunResult:
+    return run_scenario(
+        get_scenario(name),
+        seed=seed,
+        work_dir=tmp_path,
+        duration_s=DURATION_S,
+        coordinator_args=coordinator_args,
+    )
+
+
+def failures(result: RunResult) -> dict[str, list[str]]:
+    return {c.name: [v.message for v in c.violations] for c in result.checks if not c.ok}
+
+
+def check(result: RunResult, name: str) -> CheckResult:
+    return next(c for c in result.checks if c.name == name)
+
+
+def events_of(result: RunResult) -> list[Event]:
+    return read_history(sorted((result.work_dir / "history").glob("*.jsonl")))
+
+
+def assert_faults_healed(result: RunResult, kind: str) -> None:
+    assert result.faults, "no fault injected"
+    assert all(f.kind.value == kind and f.outcome == "healed" for f in result.faults)
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"), [("partition-leader-from-etcd", 4), ("zombie-leader", 3)]
+)
+def test_a_leader_cut_off_or_paused_is_replaced_and_never_leads_beside_its_successor(
+    name: str, seed: int, tmp_path: Path
+) -> None:
+    result = run(name, seed, tmp_path)
+
+    assert result.passed, failures(result)
+    assert_faults_healed(result, result.scenario.faults[0][0].value)
+    assert check(result, "claims").checked > 0
+    assert result.failovers.times_s, "the leader fault moved no write to a newer term"
+    claimed = {e.value["replica"] for e in events_of(result) if e.f == "claim" and e.type == "ok"}
+    assert len(claimed) == result.scenario.replicas  # every replica was asked, not just one
+    assert all(outcome.exit_code == 0 for outcome in result.workers.values())
+
+
+def test_a_worker_cut_off_from_every_coordinator_queues_its_commits_and_catches_up(
+    tmp_path: Path,
+) -> None:
+    result = run("partition-worker-from-coordinators", 5, tmp_path)
+
+    assert result.passed, failures(result)
+    assert_faults_healed(result, result.faults[0].kind.value)
+    events = events_of(result)
+    saved = {
+        (e.process, e.value["step"]): e.time for e in events if e.f == "save" and e.type == "ok"
+    }
+    committed = {
+        (e.process, e.value["step"]): e.time for e in events if e.f == "commit" and e.type == "ok"
+    }
+    queued_across = [
+        key
+        for fault in result.faults
+        for key, at in saved.items()
+        if fault.healed_s is not None
+        and fault.started_s < at < fault.healed_s
+        and committed.get(key, 0.0) > fault.healed_s
+    ]
+    assert queued_across, "no commit saved during a partition was delivered after it healed"
+    assert all(outcome.exit_code == 0 for outcome in result.workers.values())
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    try:
+        TmpfsMount(where / "probe", 1).mount().unmount()
+    except MountError:
+        return False
+    return True
+
+
+def test_a_full_checkpoint_disk_fails_saves_cleanly_and_they_succeed_once_freed(
+    tmp_path: Path,
+) -> None:
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("mounting a tmpfs needs root or CAP_SYS_ADMIN")
+    result = run("disk-full", 6, tmp_path / "run")
+
+    assert result.passed, failures(result)
+    assert_faults_healed(result, "disk-full")
+    saves = [e for e in events_of(result) if e.f == "save" and e.type in ("ok", "fail")]
+    fault = result.faults[0]
+    assert fault.healed_s is not None
+    during = [e for e in saves if fault.started_s < e.time < fault.healed_s]
+    after = [e for e in saves if e.time > fault.healed_s]
+    assert any(e.type == "fail" for e in during), "the full disk failed no save"
+    assert any(e.type == "ok" for e in after), "no save succeeded after the disk was freed"
+    assert not (tmp_path / "run" / "checkpoints").is_mount()
+
+
+def test_a_coordinator_without_fencing_is_caught_by_the_claims_checker(tmp_path: Path) -> None:
+    result = run("partition-leader-from-etcd", 4, tmp_path, "--unsafe-disable-fencing")
+
+    assert not result.passed
+    claims = check(result, "claims")
+    assert not claims.ok
+    split_brain = ("still claimed term", "claimed by 2 replicas", "claimed by 3 replicas")
+    messages = [v.message for v in claims.violations]
+    assert any(sign in m for m in messages for sign in split_brain), messages
+
+
+def test_slow_s3_storage_slows_saves_and_every_complete_step_stays_whole(tmp_path: Path) -> None:
+    result = run("slow-storage", 7, tmp_path)
+
+    assert result.passed, failures(result)
+    slowed = [f for f in result.faults if f.kind.value == "slow-storage"]
+    assert slowed and all(f.outcome == "healed" for f in slowed)
+    assert check(result, "checkpoints").checked > 0
+    started: dict[str, float] = {}
+    during: list[float] = []
+    for event in events_of(result):
+        if event.f != "save" or event.op_id is None:
+            continue
+        if event.type == "invoke":
+            started[event.op_id] = event.time
+        elif event.type == "ok" and event.op_id in started:
+            at = started.pop(event.op_id)
+            if any(f.healed_s and f.started_s <= at <= f.healed_s for f in slowed):
+                during.append(event.time - at)
+    assert during and max(during) >= SLOW_STORAGE_DELAY_S, during
