@@ -12,12 +12,17 @@ from __future__ import annotations
 import math
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from dtr.errors import InvalidArgument
 from dtr.keys import validate_name
+from dtr.security import TlsFiles, load_tls, read_token_table
 from dtr.store import parse_endpoints
 
 ETCD_MIN_TTL_S = 2  # etcd refuses or rounds up anything shorter
+#: How the TLS messages of dtr.security name each file: the config's fields
+#: (which the CLI rewrites to flags).
+TLS_FIELD_NAMES = {"cert": "tls_cert", "key": "tls_key", "ca": "tls_client_ca"}
 
 
 def _parse_host_port(name: str, value: str) -> tuple[str, int]:
@@ -25,6 +30,10 @@ def _parse_host_port(name: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InvalidArgument(f"{name} must be HOST:PORT; got {value!r}")
     return host, int(port)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value is not None else None
 
 
 def _require(name: str, value: float, low: float, high: float) -> None:
@@ -45,6 +54,11 @@ class CoordinatorConfig:
       at once on the next endpoint.
     - ``keep_checkpoints``: how many complete checkpoint steps keep their
       records; older and abandoned steps are deleted by the leader.
+    - ``tls_cert`` / ``tls_key``: serve TLS with this certificate and key;
+      ``tls_client_ca``: also require client certificates signed by this CA
+      (mutual TLS). ``token_file``: require bearer tokens (lines ``ROLE
+      TOKEN``, docs/security.md). Every file is read and checked here, so a
+      bad one stops the replica at start with one line naming it.
     - ``unsafe_disable_fencing``: test-only, a deliberately broken replica
       (no fence on writes, never steps down on its own) that the chaos
       checkers must catch; ``dtr coordinator`` does not list the flag.
@@ -64,6 +78,10 @@ class CoordinatorConfig:
     shutdown_grace_s: float = 2.0
     keep_checkpoints: int = 3
     metrics_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    token_file: str | None = None
     unsafe_disable_fencing: bool = False
 
     def __post_init__(self) -> None:
@@ -109,6 +127,27 @@ class CoordinatorConfig:
             )
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise InvalidArgument(f"metrics_port must be in [1, 65535]; got {self.metrics_port}")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """Read and check every credential file now (they are read again when serving)."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidArgument("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        tls = self.server_tls()
+        if tls is not None:
+            load_tls(tls, TLS_FIELD_NAMES)
+        if self.token_file is not None:
+            read_token_table(self.token_file, "token_file")
+
+    def server_tls(self) -> TlsFiles | None:
+        """The TLS files to serve with; None for plaintext (the default, for loopback)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return TlsFiles(
+            ca=_path(self.tls_client_ca), cert=Path(self.tls_cert), key=Path(self.tls_key)
+        )
 
     @property
     def keepalive_interval_s(self) -> float:

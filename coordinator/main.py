@@ -26,9 +26,11 @@ from dtr.errors import DtrError, InvalidArgument, StoreUnavailable
 from dtr.keys import JobKeys
 from dtr.proto import LEADER_HEALTH_SERVICE, SERVICE_NAME
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
+from dtr.security import read_token_table, server_credentials
 from dtr.store import EtcdStore
 
-from .config import CoordinatorConfig
+from .auth import TokenInterceptor
+from .config import TLS_FIELD_NAMES, CoordinatorConfig
 from .election import Elector
 from .leader import Coordinator
 from .metrics import CoordinatorMetrics
@@ -38,6 +40,21 @@ _log = logging.getLogger("dtr.coordinator")
 _CYCLE_S = 0.2
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: Limits of the gRPC server, generous on purpose (docs/security.md). Requests
+#: are small; the largest answers are GetShards of a big dataset and
+#: ClusterStatus of thousands of workers. Streams per connection bound what
+#: one client can hold open: a worker uses a few (its heartbeat stream, a
+#: barrier poll, a call); the chaos harness multiplexes hundreds of simulated
+#: workers over one connection.
+MAX_RECEIVE_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_SEND_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_CONCURRENT_STREAMS = 4096
+SERVER_OPTIONS = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+)
 
 
 class _TermFilter(logging.Filter):
@@ -93,12 +110,38 @@ async def _serve(config: CoordinatorConfig) -> int:
         store.close()
 
 
-async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+def _grpc_server(config: CoordinatorConfig) -> tuple[grpc.aio.Server, int]:
+    """The server with its limits, token check and (TLS or plaintext) port bound.
+
+    Credentials are loaded again here (the config checked them at start-up):
+    a file changed in between fails now, with the same one-line message.
+    """
+    interceptors = []
+    if config.token_file is not None:
+        interceptors.append(TokenInterceptor(read_token_table(config.token_file, "token_file")))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    tls = config.server_tls()
     try:
-        port = server.add_insecure_port(config.listen)
+        if tls is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, server_credentials(tls, TLS_FIELD_NAMES))
     except RuntimeError as err:
         raise InvalidArgument(f"listen: cannot listen on {config.listen}: {err}") from None
+    if config.token_file is not None and tls is None:
+        _log.warning("bearer tokens without TLS cross the network in clear text; add --tls-cert")
+    if tls is not None or config.token_file is not None:
+        _log.info(
+            "gRPC on %s: %s%s",
+            config.listen,
+            "plaintext" if tls is None else ("mutual TLS" if tls.ca is not None else "TLS"),
+            ", bearer tokens required" if config.token_file is not None else "",
+        )
+    return server, port
+
+
+async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
+    server, port = _grpc_server(config)
     replica_id = config.resolved_replica_id(port)
     address = config.advertised_address(port)
     keys = JobKeys(config.job)

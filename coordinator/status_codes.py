@@ -4,7 +4,9 @@ The servicer answers every ``DtrError`` with ``status_for(err)``; nothing else
 in the coordinator picks a status code. The worker client maps codes back with
 its own table, so the two must change together. Codes matter beyond the
 message: ``FAILED_PRECONDITION`` makes a client follow the ``dtr-leader`` hint,
-``UNAVAILABLE`` makes it retry (dtr/retry.py), ``INTERNAL`` makes it give up.
+``UNAVAILABLE`` makes it retry (dtr/retry.py), ``INTERNAL`` makes it give up,
+as do ``UNAUTHENTICATED`` and ``PERMISSION_DENIED`` (answered by the auth
+interceptor, ``coordinator/auth.py``, before any servicer runs).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dtr.errors import (
     MembershipChanged,
     NotFound,
     NotLeader,
+    PermissionDenied,
     StoreUnavailable,
+    Unauthenticated,
     WrongJob,
 )
 
@@ -36,6 +40,8 @@ STATUS_CODES: Mapping[type[DtrError], grpc.StatusCode] = {
     BarrierTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     CoordinatorUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

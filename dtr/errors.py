@@ -68,6 +68,25 @@ class CoordinatorUnavailable(DtrError):
     """No coordinator answered within the operation's deadline."""
 
 
+class Unauthenticated(DtrError):
+    """The coordinator did not accept the caller's credentials (no or a wrong bearer token).
+
+    Final, never retried: another attempt with the same token cannot succeed.
+    The message never contains the token.
+    """
+
+    kind = "unauthenticated"
+
+
+class PermissionDenied(DtrError):
+    """The caller's token is valid but its role may not make this call (a worker on an admin RPC).
+
+    Final, never retried, like ``Unauthenticated``.
+    """
+
+    kind = "permission-denied"
+
+
 class CoordinatorError(DtrError):
     """A coordinator failed a call in a way no retry fixes (INTERNAL, UNIMPLEMENTED, …)."""
 

@@ -11,7 +11,9 @@ gRPC status code:
 - a NOT-LEADER answer: FAILED_PRECONDITION carrying ``dtr-error: not-leader``
   (the caller follows the ``dtr-leader`` hint on the next attempt);
 - nothing else — in particular not FAILED_PRECONDITION for a wrong job,
-  INVALID_ARGUMENT, NOT_FOUND or INTERNAL, which no retry can fix.
+  INVALID_ARGUMENT, NOT_FOUND or INTERNAL, which no retry can fix, nor
+  UNAUTHENTICATED or PERMISSION_DENIED: the same credentials get the same
+  answer, and retrying would only hammer the coordinator with a bad token.
 
 gRPC's own retry configuration stays off: retries in two layers multiply.
 """

@@ -15,6 +15,9 @@ aimed at. Errors leave as ``dtr.errors`` types (``rpc_errors``), never as
 ``grpc.RpcError``. Hinted addresses outside the configured list are dialled
 too: a replica advertises the address clients should use.
 
+Credentials (TLS, a bearer token) come in as one ``dtr.security.ClientSecurity``
+and ride on every channel, streams included; the default is plaintext.
+
 Thread-safe: the training thread and the heartbeat thread share one client.
 """
 
@@ -36,18 +39,21 @@ from dtr.proto import LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, status_code, trailing_metadata
+from dtr.security import ClientSecurity
 
 from .rpc_errors import error_from_rpc
 
 _log = logging.getLogger(__name__)
 
 #: Reconnect quickly to a coordinator that came back (the default backoff
-#: grows to two minutes); gRPC's own retries stay off (dtr/retry.py).
+#: grows to two minutes); gRPC's own retries stay off (dtr/retry.py). Answers
+#: may be as large as the coordinator sends (64 MiB, coordinator/main.py).
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 AnswerListener = Callable[[str, str, pb.ResponseHeader, bool], None]
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):(?P<port>\d+)$")
@@ -86,8 +92,13 @@ class CoordinatorClient:
         caller_id: str,
         policy: RetryPolicy | None = None,
         attempt_timeout_s: float = 5.0,
+        security: ClientSecurity | None = None,
     ) -> None:
-        """Validate everything and dial nothing yet (channels connect on first use)."""
+        """Validate everything and dial nothing yet (channels connect on first use).
+
+        ``security`` (TLS credentials and a token, ``dtr.security.client_security``)
+        applies to every channel, hinted leaders' included; None is plaintext.
+        """
         self.addresses = parse_coordinators(coordinators)
         self.job = validate_name("job", job)
         self.caller_id = caller_id
@@ -95,6 +106,7 @@ class CoordinatorClient:
         if not attempt_timeout_s > 0:
             raise InvalidArgument(f"attempt_timeout_s must be > 0; got {attempt_timeout_s!r}")
         self.attempt_timeout_s = attempt_timeout_s
+        self.security = security or ClientSecurity()
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.CoordinatorStub] = {}
@@ -129,7 +141,7 @@ class CoordinatorClient:
                 raise InvalidArgument("the coordinator client is closed")
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = self.security.channel(address, options=CHANNEL_OPTIONS)
                 self._channels[address] = channel
                 stub = self._stubs[address] = pb_grpc.CoordinatorStub(channel)
             return stub

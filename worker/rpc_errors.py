@@ -27,6 +27,8 @@ from dtr.errors import (
     MembershipChanged,
     NotFound,
     NotLeader,
+    PermissionDenied,
+    Unauthenticated,
     UnknownWorker,
     WrongJob,
 )
@@ -35,7 +37,9 @@ from dtr.retry import is_retryable, status_code, trailing_metadata
 
 #: ``dtr-error`` kinds, checked before the status code.
 ERROR_FOR_KIND: Mapping[str, type[DtrError]] = {
-    cls.kind: cls for cls in (NotLeader, WrongJob, UnknownWorker) if cls.kind
+    cls.kind: cls
+    for cls in (NotLeader, WrongJob, UnknownWorker, Unauthenticated, PermissionDenied)
+    if cls.kind
 }
 
 #: Status codes of non-retryable answers. Anything unlisted (INTERNAL,
@@ -50,6 +54,8 @@ ERROR_FOR_CODE: Mapping[grpc.StatusCode, type[DtrError]] = {
     grpc.StatusCode.UNAVAILABLE: CoordinatorUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: BarrierTimeout,
     grpc.StatusCode.RESOURCE_EXHAUSTED: CoordinatorUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

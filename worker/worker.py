@@ -43,6 +43,7 @@ from dtr.errors import (
 from dtr.keys import validate_name
 from dtr.proto import coordinator_pb2 as pb
 from dtr.retry import RetryPolicy
+from dtr.security import ENV_TOKEN_FILE, ClientSecurity, TlsFiles, client_security, read_token_file
 
 from .assignment import ShardAssignment
 from .checkpoint_rpc import LatestCheckpoint, fetch_latest, send_commit
@@ -86,6 +87,15 @@ def _positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _security(tls: TlsFiles | None, token: str | None) -> ClientSecurity:
+    """The worker's credentials: arguments first, then the ``DTR_*`` variables."""
+    if tls is None:
+        tls = TlsFiles.from_environment(os.environ)
+    if token is None and os.environ.get(ENV_TOKEN_FILE):
+        token = read_token_file(os.environ[ENV_TOKEN_FILE])
+    return client_security(tls, token)
+
+
 def _epoch(epoch: object) -> int:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise InvalidArgument(f"epoch must be an integer >= 0; got {epoch!r}")
@@ -107,13 +117,20 @@ class Worker:
         stale_read_deadline_s: float = 2.0,
         labels: Mapping[str, str] | None = None,
         heartbeat_stream: bool = True,
+        tls: TlsFiles | None = None,
+        token: str | None = None,
     ) -> None:
         """Validate everything, register with the leader and start beating.
 
         ``coordinators`` defaults to ``$DTR_COORDINATORS`` and ``job`` to
-        ``$DTR_JOB`` (else ``"default"``). Raises ``InvalidArgument`` before
-        any network traffic, and ``CoordinatorUnavailable`` when no leader
-        accepted the registration within ``retry.deadline_s``.
+        ``$DTR_JOB`` (else ``"default"``). ``tls`` defaults to
+        ``$DTR_TLS_CA`` / ``$DTR_TLS_CERT`` / ``$DTR_TLS_KEY`` (else plaintext)
+        and ``token`` to the contents of ``$DTR_TOKEN_FILE`` (else none); see
+        docs/security.md. Raises ``InvalidArgument`` before any network
+        traffic (bad files included), ``Unauthenticated`` /
+        ``PermissionDenied`` when the coordinators refuse the credentials, and
+        ``CoordinatorUnavailable`` when no leader accepted the registration
+        within ``retry.deadline_s`` (a TLS handshake refused looks like this).
         """
         coordinators = coordinators or os.environ.get("DTR_COORDINATORS")
         if not coordinators:
@@ -128,6 +145,7 @@ class Worker:
             job=job or os.environ.get("DTR_JOB") or "default",
             caller_id=self.worker_id,
             policy=retry,
+            security=_security(tls, token),
         )
         self.job = self._client.job
         self._lock = threading.Lock()

@@ -1,11 +1,12 @@
 """The ``dtr`` command: the composition root that dispatches to every part (DESIGN §2-3).
 
 One module per command (``etcd_command``, ``coordinator_command``,
-``up_command``, ``status_command``, ``chaos_command``), each with an ``add_<name>_command``
-that declares its options and a ``run_<name>`` that does the work. Heavy
-modules (gRPC, the etcd launcher and client, the coordinator, the chaos
-launcher) are imported inside the ``run_*`` functions only, so ``import
-dtr.cli`` and ``dtr --help`` stay light; tests/unit/test_import_boundaries.py
+``up_command``, ``status_command``, ``chaos_command``, ``certs_command``, ...),
+each with an ``add_<name>_command`` that declares its options and a
+``run_<name>`` that does the work. Heavy modules (gRPC, the etcd launcher
+and client, the coordinator, the chaos launcher, cryptography) are imported
+inside the ``run_*`` functions only, so ``import dtr.cli`` and ``dtr --help``
+stay light; tests/unit/test_import_boundaries.py
 checks both the rule and the result.
 
 Options resolve as: command-line flag, else the ``DTR_*`` environment
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 
 from dtr.errors import DtrError
 
+from .certs_command import add_certs_command
 from .chaos_command import add_chaos_command
 from .config_file import CONFIG_ENV, config_values, load_config
 from .coordinator_command import add_coordinator_command
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_command(commands)
     add_chaos_command(commands)
     add_demo_command(commands)
+    add_certs_command(commands)
     return parser
 
 

@@ -133,6 +133,41 @@ COORDINATOR_OPTIONS = (
         "PORT",
         "serve Prometheus metrics on this port (off unless given)",
     ),
+    EnvOption(
+        "--tls-cert",
+        "DTR_TLS_CERT",
+        None,
+        str,
+        "PATH",
+        "serve TLS with this PEM certificate (chain); needs --tls-key (off unless given; "
+        "docs/security.md)",
+    ),
+    EnvOption(
+        "--tls-key",
+        "DTR_TLS_KEY",
+        None,
+        str,
+        "PATH",
+        "the PEM private key of --tls-cert; must be private (mode 0600)",
+    ),
+    EnvOption(
+        "--tls-client-ca",
+        "DTR_TLS_CLIENT_CA",
+        None,
+        str,
+        "PATH",
+        "require client certificates signed by this PEM CA (mutual TLS, also for health probes)",
+    ),
+    EnvOption(
+        "--token-file",
+        # Not DTR_TOKEN_FILE: that is a worker's own single token, another format.
+        "DTR_COORDINATOR_TOKEN_FILE",
+        None,
+        str,
+        "PATH",
+        "require bearer tokens: lines 'ROLE TOKEN', ROLE worker or admin (ClusterStatus); "
+        "mode 0600; health stays open",
+    ),
 )
 
 #: Test-only, unlisted: a deliberately broken replica the chaos checkers must catch.
@@ -154,9 +189,16 @@ FIELD_FLAGS = {
     "shutdown_grace_s": "--shutdown-grace-s",
     "keep_checkpoints": "--keep-checkpoints",
     "metrics_port": "--metrics-port",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_client_ca": "--tls-client-ca",
+    "token_file": "--token-file",
     "unsafe_disable_fencing": HIDDEN_UNSAFE_FLAG,
 }
-_FIELD_WORD = re.compile(r"\b(" + "|".join(sorted(FIELD_FLAGS, key=len, reverse=True)) + r")\b")
+# Not inside a path or a longer name ("/etc/dtr/token_file" stays as it is).
+_FIELD_WORD = re.compile(
+    r"(?<![\w/.-])(" + "|".join(sorted(FIELD_FLAGS, key=len, reverse=True)) + r")\b"
+)
 
 
 def add_coordinator_command(commands: Commands[Parser]) -> None:
@@ -202,6 +244,10 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             shutdown_grace_s=args.shutdown_grace_s,
             keep_checkpoints=args.keep_checkpoints,
             metrics_port=args.metrics_port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            token_file=args.token_file,
             unsafe_disable_fencing=args.unsafe_disable_fencing,
         )
     except InvalidArgument as err:

@@ -33,6 +33,18 @@ WORKER_VARIABLES = (
         "`CheckpointManager(queue_path=)`",
         "where commit queues live (default `~/.local/state/dtr`)",
     ),
+    ("DTR_TLS_CA", "`Worker(tls=TlsFiles(ca=))`", "PEM CA that signed the coordinators' cert"),
+    (
+        "DTR_TLS_CERT",
+        "`Worker(tls=TlsFiles(cert=))`",
+        "PEM client certificate, for coordinators that require one (mutual TLS)",
+    ),
+    ("DTR_TLS_KEY", "`Worker(tls=TlsFiles(key=))`", "its private key (mode 0600)"),
+    (
+        "DTR_TOKEN_FILE",
+        "`Worker(token=)`",
+        "a file (mode 0600) holding the worker's bearer token, one line",
+    ),
     ("DTR_S3_ENDPOINT", "`open_storage(endpoint_url=)`", "the S3 endpoint for `s3://` URIs"),
     ("DTR_ETCD_BIN", "every command starting etcd", "the etcd binary to run"),
     ("DTR_DEBUG", "every command", "`1`: tracebacks for errors"),

@@ -9,6 +9,8 @@ so when a follower names a leader we ask the leader too and keep the
 follower's answer only if the leader does not reply.
 
 When no replica answers, the error is one line listing what each said.
+``--watch S`` asks again every S seconds until Ctrl-C, showing a failed ask
+instead of exiting (a failover is when one watches).
 gRPC and the etcd client are imported inside the functions that use them.
 """
 
@@ -17,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dtr.errors import CoordinatorUnavailable, InvalidArgument, StoreError
+from dtr.errors import CoordinatorUnavailable, DtrError, InvalidArgument, StoreError
 
 from .options import (
     ENV_NOTE,
@@ -32,10 +37,12 @@ from .options import (
     host_port_list,
     positive_float,
 )
+from .signals import signals_set
 from .status_format import render_status, status_to_dict
 
 if TYPE_CHECKING:
     from dtr.proto.coordinator_pb2 import ClusterStatusResponse
+    from dtr.security import ClientSecurity
 
 DEFAULT_JOB = "default"
 _CALLER_ID = "dtr-cli"
@@ -48,6 +55,31 @@ _STATUS_OPTIONS = (
         str,
         "NAME",
         f"the job to show (default: whatever the coordinator serves; with --etcd, {DEFAULT_JOB!r})",
+    ),
+    EnvOption(
+        "--tls-ca",
+        "DTR_TLS_CA",
+        None,
+        str,
+        "PATH",
+        "CA certificate that signed the coordinators' certificates (turns TLS on)",
+    ),
+    EnvOption(
+        "--tls-cert",
+        "DTR_TLS_CERT",
+        None,
+        str,
+        "PATH",
+        "client certificate, for coordinators that require mutual TLS (with --tls-key)",
+    ),
+    EnvOption("--tls-key", "DTR_TLS_KEY", None, str, "PATH", "the client certificate's key"),
+    EnvOption(
+        "--token-file",
+        "DTR_TOKEN_FILE",
+        None,
+        str,
+        "PATH",
+        "file holding an admin bearer token (ClusterStatus is an admin call)",
     ),
     EnvOption(
         "--timeout-s",
@@ -81,6 +113,14 @@ def add_status_command(commands: Commands[Parser]) -> None:
         help="find the job's replicas in etcd instead [env DTR_ETCD]",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--watch",
+        type=positive_float,
+        metavar="S",
+        default=None,
+        help="ask again every S seconds until Ctrl-C (the screen is redrawn on a terminal); "
+        "a failed ask is shown and the watch goes on",
+    )
     add_options(parser, _STATUS_OPTIONS)
     parser.set_defaults(run=run_status)
 
@@ -88,17 +128,50 @@ def add_status_command(commands: Commands[Parser]) -> None:
 def run_status(args: argparse.Namespace) -> int:
     """Find the replicas, ask them, print what the first one to answer says."""
     coordinators, etcd = resolve_target(args.coordinator, args.etcd, os.environ)
+    if args.watch is not None:
+        return _watch(args, coordinators, etcd)
+    print(_status_text(args, coordinators, etcd), flush=True)
+    return 0
+
+
+def _security(args: argparse.Namespace) -> ClientSecurity:
+    """TLS files and token from the flags (or DTR_TLS_* / DTR_TOKEN_FILE); plaintext without."""
+    from dtr.security import TlsFiles, client_security, read_token_file
+
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        tls = TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    token = read_token_file(args.token_file) if args.token_file else None
+    return client_security(tls, token)
+
+
+def _status_text(args: argparse.Namespace, coordinators: list[str], etcd: str | None) -> str:
     if etcd is not None:
         job = args.job or DEFAULT_JOB
         addresses = replicas_from_etcd(etcd, job, args.timeout_s)
     else:
         job = args.job or ""
         addresses = coordinators
-    status = status_to_dict(ask_cluster_status(addresses, job, args.timeout_s))
-    if args.json:
-        print(json.dumps(status, indent=2), flush=True)
-    else:
-        print(render_status(status), flush=True)
+    status = status_to_dict(ask_cluster_status(addresses, job, args.timeout_s, _security(args)))
+    return json.dumps(status, indent=2) if args.json else render_status(status)
+
+
+def _watch(args: argparse.Namespace, coordinators: list[str], etcd: str | None) -> int:
+    """Redraw every ``--watch`` seconds until Ctrl-C or SIGTERM; a failed ask is shown, not fatal.
+
+    A watch is most useful during a failover, exactly when an ask can fail.
+    """
+    stop = threading.Event()
+    clear = "\x1b[H\x1b[J" if sys.stdout.isatty() and not args.json else ""
+    with signals_set(stop):
+        while not stop.is_set():
+            try:
+                text = _status_text(args, coordinators, etcd)
+            except DtrError as err:
+                text = f"dtr status: {err}"
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{clear}{text}" if args.json else f"{clear}[{stamp}] {text}", flush=True)
+            stop.wait(args.watch)
     return 0
 
 
@@ -158,23 +231,29 @@ def _candidate_address(value: bytes) -> str | None:
 
 
 def ask_cluster_status(
-    addresses: Sequence[str], job: str, timeout_s: float
+    addresses: Sequence[str],
+    job: str,
+    timeout_s: float,
+    security: ClientSecurity | None = None,
 ) -> ClusterStatusResponse:
     """The first answer, preferring the leader's when a follower names one."""
+    from dtr.security import client_security
+
+    security = security or client_security()
     failures: list[str] = []
     for address in addresses:
-        response = _try_one(address, job, timeout_s, failures)
+        response = _try_one(address, job, timeout_s, failures, security)
         if response is None:
             continue
         leader = response.header.leader_address
         if response.header.is_leader or not leader or leader == address:
             return response
-        return _try_one(leader, job, timeout_s, failures) or response
+        return _try_one(leader, job, timeout_s, failures, security) or response
     raise CoordinatorUnavailable(f"no coordinator answered ClusterStatus: {'; '.join(failures)}")
 
 
 def _try_one(
-    address: str, job: str, timeout_s: float, failures: list[str]
+    address: str, job: str, timeout_s: float, failures: list[str], security: ClientSecurity
 ) -> ClusterStatusResponse | None:
     """One ClusterStatus call; a failure is appended to ``failures`` as one short phrase."""
     import grpc
@@ -185,7 +264,7 @@ def _try_one(
         header=coordinator_pb2.RequestHeader(job=job, caller_id=_CALLER_ID)
     )
     try:
-        with grpc.insecure_channel(address) as channel:
+        with security.channel(address) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             response: ClusterStatusResponse = stub.ClusterStatus(request, timeout=timeout_s)
             return response

@@ -235,6 +235,76 @@ def test_dtr_status_of_a_job_without_replicas_says_so_in_one_line(etcd: RunningE
     assert_one_line_error(result, job, "no coordinator")
 
 
+def test_dtr_status_watch_redraws_survives_a_failed_ask_and_stops_on_sigterm(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    (nobody,) = pick_free_ports(1)
+    out = tmp_path / "watch.txt"
+    # A dead address first, then the replicas: every ask fails over, none ends the watch.
+    target = f"127.0.0.1:{nobody}"
+    with out.open("w") as sink:
+        watch = subprocess.Popen(
+            [*DTR, "status", "--coordinator", target, "--watch", "0.2", "--timeout-s", "1"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
+    try:
+        wait_until(
+            lambda: out.read_text().count("no coordinator answered") >= 2,
+            30,
+            "two failed asks shown",
+        )
+        assert watch.poll() is None, out.read_text()  # a failed ask is not the end
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(timeout=30) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] dtr status: ", out.read_text(), re.M)
+    good = run_dtr_watch_once(cluster)
+    assert "REPLICAS (3)" in good
+
+
+def run_dtr_watch_once(cluster: LocalCluster) -> str:
+    """A watch of the real replicas, stopped after its first redraw."""
+    watch = subprocess.Popen(
+        [*DTR, "status", "--coordinator", cluster.coordinators, "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=clean_env(),
+        text=True,
+    )
+    try:
+        lines = read_until_text(watch, "REPLICAS (3)")
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(timeout=30) == 0
+        return lines
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+
+
+def read_until_text(proc: subprocess.Popen[str], text: str, timeout_s: float = 30.0) -> str:
+    """Lines of ``proc``'s stdout up to the first that contains ``text`` (or the deadline)."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} not printed within {timeout_s} s:\n{''.join(seen)}")
+
+
 def test_dtr_status_without_a_target_is_one_line() -> None:
     assert_one_line_error(run_dtr(["status"]), "--coordinator", "--etcd")
 
