@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # generic in the stubs only
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 #: RPCs only an ``admin`` token may call. Workers never call these (the
-#: worker library does not, and tests/unit/test_auth.py checks it).
+#: worker library does not, and tests/unit/test_credentials.py checks it).
 ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/ClusterStatus"})
 #: Services reachable without a token (probes carry none).
 OPEN_SERVICE_PREFIXES = ("/grpc.health.v1.Health/",)

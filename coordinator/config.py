@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtr.errors import InvalidArgument
+from dtr.etcd_auth import EtcdCredentials, load_etcd_security
 from dtr.keys import validate_name
+from dtr.logs import LOG_FORMATS
 from dtr.security import TlsFiles, load_tls, read_token_table
 from dtr.store import parse_endpoints
 
@@ -23,6 +25,14 @@ ETCD_MIN_TTL_S = 2  # etcd refuses or rounds up anything shorter
 #: How the TLS messages of dtr.security name each file: the config's fields
 #: (which the CLI rewrites to flags).
 TLS_FIELD_NAMES = {"cert": "tls_cert", "key": "tls_key", "ca": "tls_client_ca"}
+#: The same for the files and user the replica reaches etcd with (dtr.etcd_auth).
+ETCD_FIELD_NAMES = {
+    "ca": "etcd_ca",
+    "cert": "etcd_cert",
+    "key": "etcd_key",
+    "user": "etcd_user",
+    "password_file": "etcd_password_file",
+}
 
 
 def _parse_host_port(name: str, value: str) -> tuple[str, int]:
@@ -59,6 +69,10 @@ class CoordinatorConfig:
       (mutual TLS). ``token_file``: require bearer tokens (lines ``ROLE
       TOKEN``, docs/security.md). Every file is read and checked here, so a
       bad one stops the replica at start with one line naming it.
+    - ``etcd_ca``: reach etcd over TLS, trusting this CA (``https://``
+      endpoints alone: the system's CAs); ``etcd_cert`` / ``etcd_key``: a
+      client certificate for etcd's ``--client-cert-auth``; ``etcd_user`` /
+      ``etcd_password_file``: authenticate as this etcd user (file mode 0600).
     - ``unsafe_disable_fencing``: test-only, a deliberately broken replica
       (no fence on writes, never steps down on its own) that the chaos
       checkers must catch; ``dtr coordinator`` does not list the flag.
@@ -78,10 +92,16 @@ class CoordinatorConfig:
     shutdown_grace_s: float = 2.0
     keep_checkpoints: int = 3
     metrics_port: int | None = None
+    log_format: str = "text"
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
     token_file: str | None = None
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    etcd_user: str | None = None
+    etcd_password_file: str | None = None
     unsafe_disable_fencing: bool = False
 
     def __post_init__(self) -> None:
@@ -127,7 +147,10 @@ class CoordinatorConfig:
             )
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise InvalidArgument(f"metrics_port must be in [1, 65535]; got {self.metrics_port}")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidArgument(f"log_format must be 'text' or 'json'; got {self.log_format!r}")
         self._check_security()
+        self.etcd_security()
 
     def _check_security(self) -> None:
         """Read and check every credential file now (they are read again when serving)."""
@@ -147,6 +170,17 @@ class CoordinatorConfig:
             return None
         return TlsFiles(
             ca=_path(self.tls_client_ca), cert=Path(self.tls_cert), key=Path(self.tls_key)
+        )
+
+    def etcd_security(self) -> tuple[TlsFiles | None, EtcdCredentials | None]:
+        """TLS files and credentials towards etcd, read and checked (None: not used)."""
+        return load_etcd_security(
+            ca=self.etcd_ca,
+            cert=self.etcd_cert,
+            key=self.etcd_key,
+            user=self.etcd_user,
+            password_file=self.etcd_password_file,
+            names=ETCD_FIELD_NAMES,
         )
 
     @property

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from dtr.errors import DtrError, InvalidArgument, StoreUnavailable
 from dtr.keys import JobKeys
+from dtr.logs import formatter_for
 from dtr.proto import LEADER_HEALTH_SERVICE, SERVICE_NAME
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.security import read_token_table, server_credentials
@@ -78,9 +79,7 @@ def serve(config: CoordinatorConfig) -> int:
     if not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.addFilter(_TERM_FILTER)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s [term %(term)s] %(name)s: %(message)s")
-        )
+        handler.setFormatter(formatter_for(config.log_format))
         logging.basicConfig(level=logging.INFO, handlers=[handler])
     return asyncio.run(_serve(config))
 
@@ -102,7 +101,13 @@ def wait_for_etcd(store: EtcdStore, timeout_s: float) -> None:
 
 
 async def _serve(config: CoordinatorConfig) -> int:
-    store = EtcdStore(config.etcd_endpoints, timeout_s=config.etcd_timeout_s)
+    etcd_tls, etcd_credentials = config.etcd_security()
+    store = EtcdStore(
+        config.etcd_endpoints,
+        timeout_s=config.etcd_timeout_s,
+        tls=etcd_tls,
+        credentials=etcd_credentials,
+    )
     try:
         await asyncio.to_thread(wait_for_etcd, store, config.startup_timeout_s)
         return await _run_replica(config, store)

@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dtr import tracing
+
 # Heartbeats answer in well under a millisecond; barriers wait seconds.
 _RPC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 _ETCD_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -83,10 +85,11 @@ class CoordinatorMetrics:
 
     @contextmanager
     def etcd(self, kind: str) -> Iterator[None]:
-        """Time one etcd transaction; count it as failed if it raises."""
+        """Time one etcd transaction (and trace it); count it as failed if it raises."""
         started = time.perf_counter()
         try:
-            yield
+            with tracing.span(f"etcd {kind}"):
+                yield
         except Exception:
             self.etcd_failures.labels(kind).inc()
             raise

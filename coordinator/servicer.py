@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from dtr import tracing
 from dtr.errors import DtrError, MembershipChanged, NotFound, NotLeader, UnknownWorker
 from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
@@ -75,8 +76,9 @@ def _handler(
     async def wrapper(self: CoordinatorServicer, request: Any, context: Any) -> _Response:
         started, code = time.perf_counter(), "OK"
         try:
-            validation.job_of(request.header, self.job)  # every request has a header
-            return await method(self, request, context)
+            with tracing.server_span(name, context.invocation_metadata()):
+                validation.job_of(request.header, self.job)  # every request has a header
+                return await method(self, request, context)
         except DtrError as err:
             code = status_for(err).name
             await abort_with(context, err)

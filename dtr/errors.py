@@ -130,6 +130,16 @@ class StoreUnavailable(StoreError):
     """
 
 
+class StoreAuthFailed(StoreError):
+    """etcd refused our identity: a wrong user or password, none given where etcd requires one,
+    or a user without permission for the call.
+
+    Final, never retried: the same credentials cannot succeed. (An expired token is not
+    this error: ``dtr.store`` re-authenticates once and retries.) The message never
+    contains the password.
+    """
+
+
 class LeaseExpired(StoreError):
     """The lease no longer exists in etcd: whatever was bound to it is gone."""
 

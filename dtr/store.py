@@ -18,7 +18,11 @@ rest itself: one gRPC channel per endpoint with fast reconnect backoff, a
 rotation to the next endpoint after a transport failure, and watches that
 resume from their last delivered revision on a new stream.
 
-There are no retries here: one logical operation's retry budget belongs to
+TLS (``https://`` endpoints, or a ``TlsFiles``) and etcd users
+(``EtcdCredentials``) are optional; the token that a user and password buy is
+``dtr.etcd_auth``'s business, and its one retry (a token etcd no longer
+accepts: authenticate again, call again) is the only retry here. Otherwise
+there are no retries: one logical operation's retry budget belongs to
 its caller (``dtr.retry`` on the worker side, the leader loop's renew
 deadline on the coordinator side).
 """
@@ -28,14 +32,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from etcd3 import etcdrpc
 
 from dtr.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnavailable
+from dtr.etcd_auth import EtcdAuth, EtcdCredentials, Metadata, is_stale_token
+from dtr.etcd_rpc import (
+    CHANNEL_OPTIONS,
+    HTTPS,
+    open_channels,
+    parse_endpoints,
+    translate_rpc_error,
+)
 from dtr.keys import prefix_range_end
+from dtr.security import TlsFiles
 from dtr.store_types import (
     Compare,
     Delete,
@@ -51,64 +64,10 @@ from dtr.store_types import (
 from dtr.watch import Watch, WatchCallback
 
 _log = logging.getLogger(__name__)
-
-# Reconnect fast: the default gRPC backoff grows to 120 s, which would keep a
-# coordinator away from an etcd that came back long ago. Keepalive finds dead
-# peers on idle channels; etcd rejects pings more often than every 5 s.
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-)
-
-# Status codes after which we cannot tell what happened and another endpoint
-# may do better.
-_TRANSPORT_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-)
-
-
-# What etcd answers (status UNKNOWN) when a request timed out inside the
-# server, for example a linearizable read under heavy disk load: as retryable
-# as a transport failure.
-_SERVER_TIMEOUTS = ("context deadline exceeded", "request timed out", "leader changed")
-
-
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
-    """``"a:1,b:2"`` or ``["http://a:1", …]`` → ``["a:1", "b:2"]``, validated."""
-    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-    parsed: list[str] = []
-    for raw in items:
-        item = raw.strip()
-        if item.startswith("https://"):
-            raise InvalidArgument(f"etcd endpoint {item!r}: TLS towards etcd is not supported yet")
-        item = item.removeprefix("http://").rstrip("/")
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidArgument(
-                f"etcd endpoint must be HOST:PORT or http://HOST:PORT; got {raw!r}"
-            )
-        parsed.append(item)
-    if not parsed:
-        raise InvalidArgument("etcd endpoints must name at least one HOST:PORT")
-    return parsed
-
-
-def translate_rpc_error(err: grpc.RpcError, what: str) -> StoreError:
-    """Map an etcd gRPC failure to the dtr error a caller can act on."""
-    code = err.code() if callable(getattr(err, "code", None)) else None
-    details = err.details() if callable(getattr(err, "details", None)) else str(err)
-    message = f"etcd {what}: {details} ({code.name if code else 'no status'})"
-    if code in _TRANSPORT_CODES or (
-        code == grpc.StatusCode.UNKNOWN and any(t in (details or "") for t in _SERVER_TIMEOUTS)
-    ):
-        return StoreUnavailable(message)
-    if code == grpc.StatusCode.NOT_FOUND and "lease not found" in (details or ""):
-        return LeaseExpired(message)
-    return StoreError(message)
+_T = TypeVar("_T")
+#: ``Authenticate`` runs bcrypt on the server (tens of milliseconds at etcd's
+#: default cost) and goes through raft: it gets at least this long.
+AUTHENTICATE_MIN_TIMEOUT_S = 2.0
 
 
 class EtcdStore:
@@ -118,18 +77,36 @@ class EtcdStore:
     unknown) moves the next call to the next endpoint, so a dead member costs
     one failed call, and a restarted one is reconnected within the 500 ms
     reconnect backoff.
+
+    TLS is on with ``https://`` endpoints or ``tls`` (its CA verifies etcd,
+    None: the system's; its cert and key answer ``--client-cert-auth``).
+    With ``credentials`` every call carries an auth token (``dtr.etcd_auth``);
+    a refused identity is ``StoreAuthFailed``, final.
     """
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        tls: TlsFiles | None = None,
+        credentials: EtcdCredentials | None = None,
+    ) -> None:
         if not timeout_s > 0:
             raise InvalidArgument(f"timeout_s must be positive; got {timeout_s}")
-        self.endpoints = parse_endpoints(endpoints)
+        urls = parse_endpoints(endpoints)
+        self.endpoints = [url.removeprefix(HTTPS) for url in urls]
+        self.uses_tls = tls is not None or urls[0].startswith(HTTPS)
         self.timeout_s = timeout_s
+        self._auth = EtcdAuth(credentials)
+        if credentials is not None and not self.uses_tls:
+            _log.warning("etcd password and tokens cross the network in clear text; use TLS")
         self._lock = threading.Lock()
         self._current = 0
-        self._channels = [grpc.insecure_channel(e, options=CHANNEL_OPTIONS) for e in self.endpoints]
+        self._channels = open_channels(self.endpoints, tls, tls=self.uses_tls)
         self._kv = [etcdrpc.KVStub(c) for c in self._channels]
         self._lease = [etcdrpc.LeaseStub(c) for c in self._channels]
+        self._auth_stubs = [etcdrpc.AuthStub(c) for c in self._channels]
         self._watches: list[Watch] = []
         self._closed = False
 
@@ -149,13 +126,70 @@ class EtcdStore:
         self, what: str, stubs: list[Any], method: str, request: Any, timeout_s: float | None
     ) -> Any:
         index = self._pick()
+        timeout = timeout_s or self.timeout_s
+
+        def invoke(metadata: Metadata | None) -> Any:
+            return getattr(stubs[index], method)(request, timeout=timeout, metadata=metadata)
+
+        return self._invoke(what, index, invoke)
+
+    def _invoke(self, what: str, index: int, invoke: Callable[[Metadata | None], _T]) -> _T:
+        """``invoke`` with the current token; a stale token is renewed once. Errors translated."""
         try:
-            return getattr(stubs[index], method)(request, timeout=timeout_s or self.timeout_s)
+            metadata = self.call_metadata(index)
+            try:
+                return invoke(metadata)
+            except grpc.RpcError as err:
+                if self._auth.credentials is None or not is_stale_token(err):
+                    raise
+            return invoke(self.renew_token(index, metadata))
         except grpc.RpcError as err:
-            error = translate_rpc_error(err, what)
-            if isinstance(error, StoreUnavailable):
-                self._failed(index)
-            raise error from None
+            raise self._translated(err, what, index) from None
+
+    def _translated(self, err: grpc.RpcError, what: str, index: int) -> StoreError:
+        error = translate_rpc_error(err, what)
+        if isinstance(error, StoreUnavailable):
+            self._failed(index)
+        return error
+
+    def _authenticator(self, index: int) -> Callable[[EtcdCredentials], str]:
+        """How to trade credentials for a token on channel ``index``; "" if auth is off."""
+
+        def authenticate(credentials: EtcdCredentials) -> str:
+            request = etcdrpc.AuthenticateRequest(
+                name=credentials.user, password=credentials.password
+            )
+            timeout = max(self.timeout_s, AUTHENTICATE_MIN_TIMEOUT_S)
+            try:
+                return str(self._auth_stubs[index].Authenticate(request, timeout=timeout).token)
+            except grpc.RpcError as err:
+                details = err.details() if callable(getattr(err, "details", None)) else ""
+                if "authentication is not enabled" in (details or ""):
+                    _log.warning("etcd has authentication off: calls carry no token")
+                    return ""
+                raise self._translated(
+                    err, f"authenticate as {credentials.user!r}", index
+                ) from None
+
+        return authenticate
+
+    def call_metadata(self, index: int) -> Metadata | None:
+        """The metadata of a call on channel ``index``: the auth token, if any (for watches)."""
+        return self._auth.metadata(self._authenticator(index))
+
+    def renew_token(self, index: int, refused: Metadata | None) -> Metadata | None:
+        """Re-authenticate after etcd refused ``refused`` (unless another call already did)."""
+        return self._auth.renew(refused, self._authenticator(index))
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether calls authenticate as an etcd user (a refused token is then renewable)."""
+        return self._auth.credentials is not None
+
+    @property
+    def authentications(self) -> int:
+        """How many tokens this store has obtained (1 + renewals; for tests and logs)."""
+        return self._auth.authentications
 
     @property
     def current_endpoint(self) -> str:
@@ -244,16 +278,16 @@ class EtcdStore:
         """Renew a lease once; returns its new TTL. Raises LeaseExpired if it is gone."""
         request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
         index = self._pick()
-        try:
+        timeout = timeout_s or self.timeout_s
+
+        def invoke(metadata: Metadata | None) -> Any:
             responses = self._lease[index].LeaseKeepAlive(
-                iter([request]), timeout=timeout_s or self.timeout_s
+                iter([request]), timeout=timeout, metadata=metadata
             )
-            response = next(responses)
-        except grpc.RpcError as err:
-            error = translate_rpc_error(err, f"lease keepalive {lease_id:x}")
-            if isinstance(error, StoreUnavailable):
-                self._failed(index)
-            raise error from None
+            return next(responses)
+
+        try:
+            response = self._invoke(f"lease keepalive {lease_id:x}", index, invoke)
         except StopIteration:
             self._failed(index)
             raise StoreUnavailable(f"etcd lease keepalive {lease_id:x}: no answer") from None
@@ -317,6 +351,7 @@ class EtcdStore:
 
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "Compare",
     "Delete",
     "EtcdStore",
@@ -328,4 +363,6 @@ __all__ = [
     "Snapshot",
     "TxnResult",
     "Watch",
+    "parse_endpoints",
+    "translate_rpc_error",
 ]

@@ -5,8 +5,12 @@ revision after the last one it delivered, hands each batch of events to the
 callback in revision order, and when the stream breaks (etcd restarted, a
 member died, the network blipped) it opens a new one on the next endpoint
 from that same revision, so nothing is lost or delivered twice. The only
-terminal error is compaction: etcd no longer has the history the watch needs,
-and the owner must re-read the state and watch again.
+terminal errors are compaction (etcd no longer has the history the watch
+needs: the owner must re-read the state and watch again) and a refused
+identity. A stream etcd refuses for its auth token (etcd cancels it with
+"permission denied", whether the token expired or the user lacks
+permission) is reopened once with a renewed token; refused again, the watch
+ends with ``StoreAuthFailed``.
 
 Only ``dtr.store`` creates watches; this module knows no key layout.
 """
@@ -24,7 +28,8 @@ import grpc
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
-from dtr.errors import StoreError, WatchCompacted
+from dtr.errors import StoreAuthFailed, StoreError, StoreUnavailable, WatchCompacted
+from dtr.etcd_auth import Metadata, is_refused_watch, is_stale_token
 from dtr.store_types import KeyValue, key_value_from_pb
 
 if TYPE_CHECKING:
@@ -78,6 +83,7 @@ class Watch:
         self._call: Any = None
         self._requests: queue.Queue[Any] | None = None
         self._created = threading.Event()
+        self._metadata: Metadata | None = None
         self._thread = threading.Thread(target=self._run, name=f"dtr-watch {key}", daemon=True)
 
     def start(self) -> None:
@@ -101,31 +107,54 @@ class Watch:
     # -- the thread ----------------------------------------------------------------
     def _run(self) -> None:
         backoff_s = _BACKOFF_INITIAL_S
+        renew = False
         while not self._stop.is_set():
             try:
                 index, channel = self._store.watch_channel()
             except StoreError:
                 return  # the store was closed
+            renewing, renew = renew, False
             try:
-                if self._stream_once(channel):
+                if self._follow(index, channel, renew=renewing):
                     backoff_s = _BACKOFF_INITIAL_S
             except grpc.RpcError as err:
                 if self._stop.is_set():
                     return
-                self._store.report_failure(index)
-                _log.info(
-                    "watch %s: stream broke (%s); resuming at revision %d",
-                    self._key,
-                    _code_name(err),
-                    self.next_revision,
-                )
+                renew = self._store.has_credentials and is_stale_token(err) and not renewing
+                self._stream_broke(index, _code_name(err))
+            except StoreUnavailable as err:  # authenticating for the stream failed in transit
+                self._stream_broke(index, str(err))
+            except StoreAuthFailed as err:
+                if self._store.has_credentials and not renewing:
+                    renew = True
+                    continue  # most likely an expired token: renew it once, at once
+                self._deliver(WatchBatch(events=(), error=err))
+                return
             except StoreError as err:
                 self._deliver(WatchBatch(events=(), error=err))
                 return
             self._stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
 
-    def _stream_once(self, channel: grpc.Channel) -> bool:
+    def _follow(self, index: int, channel: grpc.Channel, *, renew: bool) -> bool:
+        """Open a stream with the current (``renew``: a renewed) token and follow it."""
+        if renew:
+            self._metadata = self._store.renew_token(index, self._metadata)
+        else:
+            self._metadata = self._store.call_metadata(index)
+        return self._stream_once(channel, self._metadata)
+
+    def _stream_broke(self, index: int, why: str) -> None:
+        if not self._stop.is_set():
+            self._store.report_failure(index)
+            _log.info(
+                "watch %s: stream broke (%s); resuming at revision %d",
+                self._key,
+                why,
+                self.next_revision,
+            )
+
+    def _stream_once(self, channel: grpc.Channel, metadata: Metadata | None) -> bool:
         """Follow one stream until it ends; True if it delivered anything."""
         requests: queue.Queue[Any] = queue.Queue()
         create = etcdrpc.WatchCreateRequest(
@@ -135,7 +164,7 @@ class Watch:
             progress_notify=True,
         )
         requests.put(etcdrpc.WatchRequest(create_request=create))
-        call = etcdrpc.WatchStub(channel).Watch(_until_none(requests))
+        call = etcdrpc.WatchStub(channel).Watch(_until_none(requests), metadata=metadata)
         with self._lock:
             self._call, self._requests = call, requests
         if self._stop.is_set():
@@ -152,6 +181,8 @@ class Watch:
                 f"watch {self._key}: revision {self.next_revision} was compacted "
                 f"(compact revision {response.compact_revision}); re-read and watch again"
             )
+        if response.canceled and is_refused_watch(response.cancel_reason):
+            raise StoreAuthFailed(f"watch {self._key} refused by etcd: {response.cancel_reason}")
         if response.canceled:
             raise StoreError(f"watch {self._key} canceled by etcd: {response.cancel_reason}")
         if response.created:

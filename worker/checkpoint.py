@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,6 +169,7 @@ class CheckpointManager:
         self._flusher = CommitFlusher(self._queue, self._send, on_outcome=self._on_outcome)
         self._flusher.start()
         worker.checkpoint_progress = self._progress
+        worker.metrics.watch_commit_queue(lambda: self._queue.depth)
 
     # -- saving -------------------------------------------------------------------
     def save_async(self, state: Any, step: int) -> Future[SaveResult]:
@@ -187,6 +189,7 @@ class CheckpointManager:
             "worker_id": self._worker.worker_id,
             "generation": generation,
         }
+        started = time.perf_counter()
         try:
             snap = snapshot(state, meta, self._pool)
         except StagingBusy:
@@ -196,6 +199,8 @@ class CheckpointManager:
             dropped: Future[SaveResult] = Future()
             dropped.set_result(SaveResult(step, dropped=True))
             return dropped
+        finally:
+            self._worker.metrics.checkpoint_stall_seconds.observe(time.perf_counter() - started)
         return self._track(self._writer.submit(self._write_and_queue, snap, step, generation))
 
     def _track(self, future: Future[SaveResult]) -> Future[SaveResult]:
@@ -214,12 +219,14 @@ class CheckpointManager:
             self._in_flight.discard(future)
 
     def _write_and_queue(self, snap: Snapshot, step: int, generation: int) -> SaveResult:
+        started = time.perf_counter()
         try:
             stored = self.storage.write(
                 self._object_name(step), snap.buffers(), algorithm=self.checksum
             )
         finally:
             snap.release()
+        self._worker.metrics.wrote_part(time.perf_counter() - started, stored.size_bytes)
         if self.replicated:
             write_manifest(self.storage, step, stored)
         return self._queue_commit(step, generation, stored)
@@ -382,6 +389,7 @@ class CheckpointManager:
         self._writer.shutdown(wait=True)
         self._flusher.wait_empty(min(timeout_s, 5.0))
         self._flusher.stop()
+        self._worker.metrics.watch_commit_queue(None)  # before the queue closes
         self._queue.close()
 
     def __enter__(self) -> CheckpointManager:

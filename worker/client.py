@@ -18,6 +18,10 @@ too: a replica advertises the address clients should use.
 Credentials (TLS, a bearer token) come in as one ``dtr.security.ClientSecurity``
 and ride on every channel, streams included; the default is plaintext.
 
+Each attempt is timed into ``WorkerMetrics.rpc_seconds`` (method, status
+code) and, when OpenTelemetry is installed, runs in a CLIENT span whose
+context rides in the call's metadata (``dtr.tracing``).
+
 Thread-safe: the training thread and the heartbeat thread share one client.
 """
 
@@ -33,6 +37,7 @@ from typing import Any
 
 import grpc
 
+from dtr import tracing
 from dtr.errors import InvalidArgument
 from dtr.keys import validate_name
 from dtr.proto import LEADER_METADATA_KEY
@@ -41,6 +46,7 @@ from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, status_code, trailing_metadata
 from dtr.security import ClientSecurity
 
+from .metrics import WorkerMetrics
 from .rpc_errors import error_from_rpc
 
 _log = logging.getLogger(__name__)
@@ -93,6 +99,7 @@ class CoordinatorClient:
         policy: RetryPolicy | None = None,
         attempt_timeout_s: float = 5.0,
         security: ClientSecurity | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """Validate everything and dial nothing yet (channels connect on first use).
 
@@ -107,6 +114,7 @@ class CoordinatorClient:
             raise InvalidArgument(f"attempt_timeout_s must be > 0; got {attempt_timeout_s!r}")
         self.attempt_timeout_s = attempt_timeout_s
         self.security = security or ClientSecurity()
+        self.metrics = metrics or WorkerMetrics()
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.CoordinatorStub] = {}
@@ -205,11 +213,17 @@ class CoordinatorClient:
             request = build()
             request.header.CopyFrom(self.header(request_id))
             timeout = max(0.05, min(per_attempt, deadline - time.monotonic()))
+            rpc = getattr(self.stub(address), method)
+            started, code = time.perf_counter(), "OK"
             try:
-                response = getattr(self.stub(address), method)(request, timeout=timeout)
+                with tracing.client_span(method) as metadata:
+                    response = rpc(request, timeout=timeout, metadata=metadata or None)
             except grpc.RpcError as err:
+                code = getattr(status_code(err), "name", "UNKNOWN")
                 self.note_failure(address, err)
                 raise
+            finally:
+                self.metrics.rpc(method, code).observe(time.perf_counter() - started)
             self.note_answer(address, response.header, accepted_write=mutating)
             for listener in self.answer_listeners:
                 listener(method, address, response.header, mutating)

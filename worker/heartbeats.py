@@ -68,7 +68,8 @@ class HeartbeatLoop:
         self.use_stream = use_stream
         self._stop = threading.Event()
         self._sequence = 0
-        self._incarnation_of: dict[int, int] = {}  # sequence -> incarnation, until answered
+        # sequence -> (incarnation, time.monotonic() sent), until answered
+        self._incarnation_of: dict[int, tuple[int, float]] = {}
         self._call: grpc.Call | None = None
         self._thread = threading.Thread(target=self._run, name="dtr-heartbeat", daemon=True)
         #: time.monotonic() of the last acknowledged beat (0: none yet); beats acknowledged.
@@ -130,12 +131,19 @@ class HeartbeatLoop:
         beat = self._target.make_beat(self._sequence)
         if len(self._incarnation_of) > 64:  # answers lost with a broken stream
             self._incarnation_of.clear()
-        self._incarnation_of[beat.sequence] = beat.incarnation
+        self._incarnation_of[beat.sequence] = (beat.incarnation, time.monotonic())
         return beat
 
     def _answered(self, sequence: int) -> int:
-        """The incarnation the answered beat carried (0 when unknown: unsolicited)."""
-        return self._incarnation_of.pop(sequence, 0)
+        """The incarnation the answered beat carried (0 when unknown: unsolicited).
+
+        Also times the beat's round trip (``dtr_worker_heartbeat_rtt_seconds``).
+        """
+        sent = self._incarnation_of.pop(sequence, None)
+        if sent is None:
+            return 0
+        self._client.metrics.heartbeat_rtt_seconds.observe(time.monotonic() - sent[1])
+        return sent[0]
 
     def _unary_beat(self) -> bool:
         """One unary beat, then the wait before the next; False when told to stop beating."""

@@ -51,6 +51,7 @@ from .client import AnswerListener, CoordinatorClient
 from .commit_flusher import CommitAck
 from .commit_queue import CommitRecord
 from .heartbeats import HeartbeatLoop
+from .metrics import WorkerMetrics, metrics_port_from
 
 _log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Worker:
         heartbeat_stream: bool = True,
         tls: TlsFiles | None = None,
         token: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         """Validate everything, register with the leader and start beating.
 
@@ -131,6 +133,8 @@ class Worker:
         ``PermissionDenied`` when the coordinators refuse the credentials, and
         ``CoordinatorUnavailable`` when no leader accepted the registration
         within ``retry.deadline_s`` (a TLS handshake refused looks like this).
+        ``metrics_port`` (else ``$DTR_WORKER_METRICS_PORT``, else off) serves
+        ``self.metrics`` on ``/metrics`` (``worker/metrics.py``).
         """
         coordinators = coordinators or os.environ.get("DTR_COORDINATORS")
         if not coordinators:
@@ -140,12 +144,15 @@ class Worker:
         self.heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
         self.stale_read_deadline_s = _positive("stale_read_deadline_s", stale_read_deadline_s)
         self.labels = dict(labels or {})
+        port = metrics_port_from(metrics_port)
+        self.metrics = WorkerMetrics()
         self._client = CoordinatorClient(
             coordinators,
             job=job or os.environ.get("DTR_JOB") or "default",
             caller_id=self.worker_id,
             policy=retry,
             security=_security(tls, token),
+            metrics=self.metrics,
         )
         self.job = self._client.job
         self._lock = threading.Lock()
@@ -158,8 +165,11 @@ class Worker:
         #: Set by a CheckpointManager: what each beat reports about saves and commits.
         self.checkpoint_progress: Callable[[], pb.CheckpointProgress] | None = None
         try:
+            if port is not None:
+                _log.info("worker %s: metrics on %s", self.worker_id, self.metrics.serve(port))
             self._register()
         except BaseException:
+            self.metrics.close()
             self._client.close()
             raise
         self._heartbeats = HeartbeatLoop(
@@ -171,6 +181,7 @@ class Worker:
             use_stream=heartbeat_stream,
         )
         self._heartbeats.start()
+        self.metrics.watch(lambda: self._heartbeats.last_ack_at, lambda: self._client.generation)
 
     # -- membership ---------------------------------------------------------------
     @property
@@ -283,7 +294,9 @@ class Worker:
             if not (math.isfinite(samples_per_s) and samples_per_s >= 0):
                 raise InvalidArgument(f"samples_per_s must be finite and >= 0; got {samples_per_s}")
             self._samples_per_s = float(samples_per_s)
+            self.metrics.samples_per_second.set(self._samples_per_s)
         self._step = step
+        self.metrics.step.set(step)
 
     # -- calls --------------------------------------------------------------------
     def _check_usable(self) -> None:
@@ -398,6 +411,10 @@ class Worker:
         """
         validate_name("barrier name", name)
         timeout_s = _positive("timeout_s", timeout_s)
+        with self.metrics.barrier_wait():
+            return self._await_barrier(name, timeout_s, generation)
+
+    def _await_barrier(self, name: str, timeout_s: float, generation: int | None) -> int:
         deadline = time.monotonic() + timeout_s
         last: pb.BarrierResponse | None = None
         while (remaining := deadline - time.monotonic()) > 0:
@@ -491,6 +508,7 @@ class Worker:
             except DtrError as err:
                 _log.warning("worker %s: deregistering failed: %s", self.worker_id, err)
         self._client.close()
+        self.metrics.close()
 
     def __enter__(self) -> Worker:
         return self

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 
 from dtr.errors import InvalidArgument
 
-from .options import ENV_NOTE, Commands, EnvOption, Parser, add_debug, add_options, port
+from .options import (
+    ENV_NOTE,
+    Commands,
+    EnvOption,
+    Parser,
+    add_debug,
+    add_options,
+    log_format,
+    port,
+)
 
 if TYPE_CHECKING:
     from dtr.coordinator.config import CoordinatorConfig
@@ -31,7 +40,8 @@ COORDINATOR_OPTIONS = (
         None,
         str,
         "URL[,URL...]",
-        "etcd endpoints, comma-separated, as http://HOST:PORT or HOST:PORT",
+        "etcd endpoints, comma-separated, as HOST:PORT, http://HOST:PORT or https://HOST:PORT "
+        "(TLS)",
         required=True,
     ),
     EnvOption(
@@ -134,6 +144,14 @@ COORDINATOR_OPTIONS = (
         "serve Prometheus metrics on this port (off unless given)",
     ),
     EnvOption(
+        "--log-format",
+        "DTR_LOG_FORMAT",
+        "text",
+        log_format,
+        "text|json",
+        "log lines as text, or as one JSON object per line (time, level, logger, message, term)",
+    ),
+    EnvOption(
         "--tls-cert",
         "DTR_TLS_CERT",
         None,
@@ -168,6 +186,47 @@ COORDINATOR_OPTIONS = (
         "require bearer tokens: lines 'ROLE TOKEN', ROLE worker or admin (ClusterStatus); "
         "mode 0600; health stays open",
     ),
+    EnvOption(
+        "--etcd-ca",
+        "DTR_ETCD_CA",
+        None,
+        str,
+        "PATH",
+        "reach etcd over TLS, trusting this PEM CA (https:// endpoints alone use the "
+        "system's CAs; docs/security.md)",
+    ),
+    EnvOption(
+        "--etcd-cert",
+        "DTR_ETCD_CERT",
+        None,
+        str,
+        "PATH",
+        "PEM client certificate for etcd's --client-cert-auth (with --etcd-key; turns TLS on)",
+    ),
+    EnvOption(
+        "--etcd-key",
+        "DTR_ETCD_KEY",
+        None,
+        str,
+        "PATH",
+        "the PEM private key of --etcd-cert; must be private (mode 0600)",
+    ),
+    EnvOption(
+        "--etcd-user",
+        "DTR_ETCD_USER",
+        None,
+        str,
+        "NAME",
+        "authenticate to etcd as this user (with --etcd-password-file)",
+    ),
+    EnvOption(
+        "--etcd-password-file",
+        "DTR_ETCD_PASSWORD_FILE",
+        None,
+        str,
+        "PATH",
+        "file holding the etcd user's password alone on one line; mode 0600",
+    ),
 )
 
 #: Test-only, unlisted: a deliberately broken replica the chaos checkers must catch.
@@ -189,10 +248,16 @@ FIELD_FLAGS = {
     "shutdown_grace_s": "--shutdown-grace-s",
     "keep_checkpoints": "--keep-checkpoints",
     "metrics_port": "--metrics-port",
+    "log_format": "--log-format",
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
     "tls_client_ca": "--tls-client-ca",
     "token_file": "--token-file",
+    "etcd_ca": "--etcd-ca",
+    "etcd_cert": "--etcd-cert",
+    "etcd_key": "--etcd-key",
+    "etcd_user": "--etcd-user",
+    "etcd_password_file": "--etcd-password-file",
     "unsafe_disable_fencing": HIDDEN_UNSAFE_FLAG,
 }
 # Not inside a path or a longer name ("/etc/dtr/token_file" stays as it is).
@@ -244,10 +309,16 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             shutdown_grace_s=args.shutdown_grace_s,
             keep_checkpoints=args.keep_checkpoints,
             metrics_port=args.metrics_port,
+            log_format=args.log_format,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             token_file=args.token_file,
+            etcd_ca=args.etcd_ca,
+            etcd_cert=args.etcd_cert,
+            etcd_key=args.etcd_key,
+            etcd_user=args.etcd_user,
+            etcd_password_file=args.etcd_password_file,
             unsafe_disable_fencing=args.unsafe_disable_fencing,
         )
     except InvalidArgument as err:

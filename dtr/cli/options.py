@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from dtr.errors import InvalidArgument
+from dtr.logs import LOG_FORMATS
 
 ENV_NOTE = (
     "Every option can also be set in the environment (its help names the "
@@ -126,6 +127,13 @@ def port(text: str) -> int:
         value = 0
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
+    return value
+
+
+def log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise argparse.ArgumentTypeError(f"not a log format ({', '.join(LOG_FORMATS)}): {text!r}")
     return value
 
 

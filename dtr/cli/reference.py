@@ -45,6 +45,16 @@ WORKER_VARIABLES = (
         "`Worker(token=)`",
         "a file (mode 0600) holding the worker's bearer token, one line",
     ),
+    (
+        "DTR_WORKER_METRICS_PORT",
+        "`Worker(metrics_port=)`",
+        "serve the worker's Prometheus metrics on this port (off unless given)",
+    ),
+    (
+        "DTR_METRICS_HOST",
+        "`Worker(metrics_port=)`",
+        "the address the worker's metrics bind (default `127.0.0.1`)",
+    ),
     ("DTR_S3_ENDPOINT", "`open_storage(endpoint_url=)`", "the S3 endpoint for `s3://` URIs"),
     ("DTR_ETCD_BIN", "every command starting etcd", "the etcd binary to run"),
     ("DTR_DEBUG", "every command", "`1`: tracebacks for errors"),

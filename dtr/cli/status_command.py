@@ -45,6 +45,14 @@ if TYPE_CHECKING:
     from dtr.security import ClientSecurity
 
 DEFAULT_JOB = "default"
+#: How messages about the etcd credentials name them (dtr.etcd_auth).
+ETCD_FLAG_NAMES = {
+    "ca": "--etcd-ca",
+    "cert": "--etcd-cert",
+    "key": "--etcd-key",
+    "user": "--etcd-user",
+    "password_file": "--etcd-password-file",
+}
 _CALLER_ID = "dtr-cli"
 
 _STATUS_OPTIONS = (
@@ -80,6 +88,27 @@ _STATUS_OPTIONS = (
         str,
         "PATH",
         "file holding an admin bearer token (ClusterStatus is an admin call)",
+    ),
+    EnvOption("--etcd-ca", "DTR_ETCD_CA", None, str, "PATH", "with --etcd: trust this CA (TLS)"),
+    EnvOption(
+        "--etcd-cert",
+        "DTR_ETCD_CERT",
+        None,
+        str,
+        "PATH",
+        "with --etcd: client certificate for etcd (with --etcd-key)",
+    ),
+    EnvOption("--etcd-key", "DTR_ETCD_KEY", None, str, "PATH", "the key of --etcd-cert (0600)"),
+    EnvOption(
+        "--etcd-user", "DTR_ETCD_USER", None, str, "NAME", "with --etcd: log in as this user"
+    ),
+    EnvOption(
+        "--etcd-password-file",
+        "DTR_ETCD_PASSWORD_FILE",
+        None,
+        str,
+        "PATH",
+        "the etcd user's password, alone on one line (mode 0600)",
     ),
     EnvOption(
         "--timeout-s",
@@ -148,7 +177,7 @@ def _security(args: argparse.Namespace) -> ClientSecurity:
 def _status_text(args: argparse.Namespace, coordinators: list[str], etcd: str | None) -> str:
     if etcd is not None:
         job = args.job or DEFAULT_JOB
-        addresses = replicas_from_etcd(etcd, job, args.timeout_s)
+        addresses = replicas_from_etcd(etcd, job, args.timeout_s, args)
     else:
         job = args.job or ""
         addresses = coordinators
@@ -194,17 +223,28 @@ def resolve_target(
     raise InvalidArgument("--coordinator or --etcd is required (or set DTR_COORDINATORS/DTR_ETCD)")
 
 
-def replicas_from_etcd(etcd: str, job: str, timeout_s: float) -> list[str]:
+def replicas_from_etcd(
+    etcd: str, job: str, timeout_s: float, args: argparse.Namespace | None = None
+) -> list[str]:
     """Addresses of the job's live replicas, leader (lowest create revision) first."""
+    from dtr.etcd_auth import load_etcd_security
     from dtr.keys import JobKeys
     from dtr.store import EtcdStore
 
+    tls, credentials = load_etcd_security(
+        ca=getattr(args, "etcd_ca", None),
+        cert=getattr(args, "etcd_cert", None),
+        key=getattr(args, "etcd_key", None),
+        user=getattr(args, "etcd_user", None),
+        password_file=getattr(args, "etcd_password_file", None),
+        names=ETCD_FLAG_NAMES,
+    )
     try:
         keys = JobKeys(job)
     except InvalidArgument as err:
         raise InvalidArgument(f"--job: {err}") from err
     try:
-        with EtcdStore(etcd, timeout_s=timeout_s) as store:
+        with EtcdStore(etcd, timeout_s=timeout_s, tls=tls, credentials=credentials) as store:
             snapshot = store.get_prefix(keys.election_prefix)
     except InvalidArgument as err:
         raise InvalidArgument(f"--etcd: {err}") from err

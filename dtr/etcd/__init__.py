@@ -33,7 +33,7 @@ from .discovery import (
     select_etcd_binary,
 )
 from .docker import DockerEtcd, docker_unavailable_reason
-from .member import EtcdMember, EtcdTimings, probe_health
+from .member import EtcdMember, EtcdTimings, EtcdTls, probe_health
 from .ports import pick_free_ports, port_unavailable_reason
 
 
@@ -72,6 +72,7 @@ __all__ = [
     "EtcdCluster",
     "EtcdMember",
     "EtcdTimings",
+    "EtcdTls",
     "RunningEtcd",
     "bundled_etcd_binary",
     "check_version",

@@ -18,6 +18,7 @@ import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +26,7 @@ from types import TracebackType
 from dtr.errors import EtcdError, InvalidArgument
 
 from .discovery import select_etcd_binary
-from .member import EtcdMember, EtcdTimings, wait_until
+from .member import EtcdMember, EtcdTimings, EtcdTls, wait_until
 from .ports import LOOPBACK, pick_free_ports
 
 _PORT_ATTEMPTS = 3
@@ -73,13 +74,16 @@ class EtcdCluster:
         binary: str | None = None,
         startup_timeout_s: float = 30.0,
         timings: EtcdTimings | None = None,
+        tls: EtcdTls | None = None,
+        extra_args: Sequence[str] = (),
     ) -> EtcdCluster:
         """Start ``members`` members on free 127.0.0.1 ports and wait until all are healthy.
 
         Member ``i`` is named ``etcd{i}`` and lives in ``data_root/etcd{i}``;
         without ``data_root`` a temporary directory is used and removed on
         ``stop()``. A port taken between picking and binding is retried with
-        new ports within the same ``startup_timeout_s``.
+        new ports within the same ``startup_timeout_s``. ``tls``: TLS client
+        ports; ``extra_args``: more etcd flags (``--auth-token-ttl=2``, say).
         """
         if members < 1:
             raise InvalidArgument(f"members must be at least 1, got {members}")
@@ -90,7 +94,7 @@ class EtcdCluster:
         deadline = time.monotonic() + startup_timeout_s
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
-                specs = _members_on_free_ports(members, root)
+                specs = _members_on_free_ports(members, root, tls, tuple(extra_args))
                 cluster = cls(
                     specs, binary=path, version=version, timings=timings, owned_root=owned
                 )
@@ -312,11 +316,20 @@ class EtcdCluster:
         return f"EtcdCluster(version={self.version!r}, endpoints={self.endpoints!r})"
 
 
-def _members_on_free_ports(count: int, root: Path) -> list[EtcdMember]:
+def _members_on_free_ports(
+    count: int, root: Path, tls: EtcdTls | None = None, extra_args: tuple[str, ...] = ()
+) -> list[EtcdMember]:
     """Members ``etcd0..`` in ``root/etcd<i>``, each with a fresh client and peer port."""
     ports = pick_free_ports(2 * count)
     return [
-        EtcdMember(f"etcd{i}", ports[2 * i], ports[2 * i + 1], root / f"etcd{i}")
+        EtcdMember(
+            f"etcd{i}",
+            ports[2 * i],
+            ports[2 * i + 1],
+            root / f"etcd{i}",
+            tls=tls,
+            extra_args=extra_args,
+        )
         for i in range(count)
     ]
 

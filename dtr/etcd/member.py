@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dtr.errors import EtcdError, InvalidArgument
 
 from .discovery import child_environment
 from .ports import LOOPBACK, connect_host, url_host
+
+if TYPE_CHECKING:
+    from dtr.security import TlsFiles
 
 _TAIL_LINES = 20
 _TAIL_BYTES = 32_768
@@ -53,6 +58,38 @@ class EtcdTimings:
             )
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS on a member's client port (peers stay plaintext on loopback).
+
+    ``server``: etcd's certificate and key; with ``server.ca`` etcd also
+    requires client certificates signed by it (``--client-cert-auth``).
+    ``client``: what the ``/health`` and ``/metrics`` probes here trust
+    (``ca``) and present (``cert``, ``key``).
+    """
+
+    server: TlsFiles
+    client: TlsFiles
+
+    def argv(self) -> list[str]:
+        """etcd's TLS flags for the client port."""
+        if self.server.cert is None or self.server.key is None:
+            raise InvalidArgument("EtcdTls.server needs a certificate and its key")
+        flags = [f"--cert-file={self.server.cert}", f"--key-file={self.server.key}"]
+        if self.server.ca is not None:
+            flags += [f"--trusted-ca-file={self.server.ca}", "--client-cert-auth"]
+        return flags
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The probes' TLS context."""
+        context = ssl.create_default_context(
+            cafile=str(self.client.ca) if self.client.ca is not None else None
+        )
+        if self.client.cert is not None and self.client.key is not None:
+            context.load_cert_chain(self.client.cert, self.client.key)
+        return context
+
+
 @dataclass
 class EtcdMember:
     """A member's fixed identity (name, ports, directory) and its current process."""
@@ -62,6 +99,8 @@ class EtcdMember:
     peer_port: int
     member_dir: Path
     host: str = LOOPBACK  # where the client port listens; peers always use loopback
+    tls: EtcdTls | None = None  # TLS on the client port
+    extra_args: tuple[str, ...] = ()  # more etcd flags, last on the command line
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,7 +125,15 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with TLS on the client port, else ``http``."""
+        return "https" if self.tls is not None else "http"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.ssl_context() if self.tls is not None else None
 
     @property
     def peer_url(self) -> str:
@@ -100,7 +147,7 @@ class EtcdMember:
         self, binary: str, initial_cluster: str, token: str, timings: EtcdTimings
     ) -> list[str]:
         """The full command line; the same on every (re)start of this member."""
-        listen = f"http://{url_host(self.host)}:{self.client_port}"
+        listen = f"{self.scheme}://{url_host(self.host)}:{self.client_port}"
         return [
             binary,
             f"--name={self.name}",
@@ -117,6 +164,8 @@ class EtcdMember:
             "--logger=zap",
             "--log-outputs=stderr",
             "--log-level=warn",
+            *(self.tls.argv() if self.tls is not None else ()),
+            *self.extra_args,
         ]
 
     def spawn(self, argv: list[str]) -> None:
@@ -177,14 +226,17 @@ class EtcdMember:
         """Whether ``GET /health`` answers ``{"health": "true"}`` now."""
         if not self.is_running():
             return False
-        return probe_health(self.client_url, timeout_s)
+        return probe_health(self.client_url, timeout_s, self._ssl_context())
 
     def _metrics(self, timeout_s: float) -> list[str] | None:
         """The lines of ``GET /metrics``; None if the member does not answer."""
         if not self.is_running():
             return None
         try:
-            with urllib.request.urlopen(f"{self.client_url}/metrics", timeout=timeout_s) as reply:
+            url = f"{self.client_url}/metrics"
+            with urllib.request.urlopen(
+                url, timeout=timeout_s, context=self._ssl_context()
+            ) as reply:
                 text: str = reply.read().decode("utf-8", "replace")
                 return text.splitlines()
         except OSError:
@@ -222,10 +274,13 @@ class EtcdMember:
         )
 
 
-def probe_health(client_url: str, timeout_s: float = 1.0) -> bool:
-    """One ``/health`` probe; any error or non-"true" answer is unhealthy."""
+def probe_health(
+    client_url: str, timeout_s: float = 1.0, context: ssl.SSLContext | None = None
+) -> bool:
+    """One ``/health`` probe (``context``: for https); an error or a non-"true" is unhealthy."""
     try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=timeout_s) as response:
+        url = f"{client_url}/health"
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             body = json.loads(response.read().decode("utf-8", "replace"))
     except (OSError, ValueError):  # URLError, HTTPError (503), timeouts, bad JSON
         return False

@@ -71,6 +71,14 @@ def test_wheel_maps_the_four_folders_under_dtr(wheel_names: list[str]) -> None:
         assert module in wheel_names, module
 
 
+def test_wheel_carries_the_built_in_chaos_scenarios(wheel_names: list[str]) -> None:
+    """``dtr chaos list`` and ``dtr demo`` read them from the installed package."""
+    files = sorted((ROOT / "chaos" / "scenarios").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert f"dtr/chaos/scenarios/{path.name}" in wheel_names, path.name
+
+
 def test_wheel_holds_every_source_package(wheel_names: list[str]) -> None:
     installed_as = {"coordinator": "dtr/coordinator", "worker": "dtr/worker", "chaos": "dtr/chaos"}
     for folder in ("dtr", "coordinator", "worker", "chaos"):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from dtr.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnavailable
+from dtr.errors import (
+    InvalidArgument,
+    LeaseExpired,
+    StoreAuthFailed,
+    StoreError,
+    StoreUnavailable,
+)
 from dtr.store import parse_endpoints, translate_rpc_error
 from dtr.store_types import Compare, Delete, Get, Put
 
@@ -29,9 +35,12 @@ def test_endpoints_accept_comma_lists_urls_and_sequences() -> None:
         "127.0.0.1:22379",
     ]
     assert parse_endpoints(["etcd-0.etcd:2379"]) == ["etcd-0.etcd:2379"]
+    assert parse_endpoints("https://a:1,https://b:2/") == ["https://a:1", "https://b:2"]
 
 
-@pytest.mark.parametrize("bad", ["", "localhost", ":2379", "h:0", "h:70000", "h:port", []])
+@pytest.mark.parametrize(
+    "bad", ["", "localhost", ":2379", "h:0", "h:70000", "h:port", [], "https://a:1,b:2"]
+)
 def test_malformed_endpoints_are_refused(bad: str | list[str]) -> None:
     with pytest.raises(InvalidArgument, match="endpoint"):
         parse_endpoints(bad)
@@ -49,7 +58,14 @@ def test_malformed_endpoints_are_refused(bad: str | list[str]) -> None:
         (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseExpired),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large", StoreError),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "mvcc: database space exceeded", StoreError),
-        (grpc.StatusCode.PERMISSION_DENIED, "permission denied", StoreError),
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", StoreAuthFailed),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: authentication failed, invalid user ID or password",
+            StoreAuthFailed,
+        ),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty", StoreAuthFailed),
+        (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", StoreAuthFailed),
     ],
 )
 def test_rpc_errors_become_typed_store_errors(
