@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .checker_base import (
     CheckResult,
@@ -53,18 +53,30 @@ def check_writes(events: Sequence[Event]) -> CheckResult:
     return found.result()
 
 
+def _shared_terms(
+    ops: list[Op], term_and_replica: Callable[[Op], tuple[int, str]]
+) -> list[tuple[int, dict[str, Event]]]:
+    """Terms that more than one replica used, each with every replica's first event there."""
+    first: dict[int, dict[str, Event]] = defaultdict(dict)
+    for op in ops:
+        assert op.done is not None
+        term, replica = term_and_replica(op)
+        first[term].setdefault(replica, op.done)
+    return [(term, by) for term, by in sorted(first.items()) if len(by) > 1]
+
+
+def _write_of(op: Op) -> tuple[int, str]:
+    assert op.done is not None and op.done.term is not None
+    return op.done.term, str(op.done.value["replica"])
+
+
 def _check_one_writer_per_term(writes: list[Op], found: Findings) -> None:
-    first_by_replica: dict[int, dict[str, Event]] = defaultdict(dict)
-    for op in writes:
-        assert op.done is not None and op.done.term is not None
-        first_by_replica[op.done.term].setdefault(str(op.done.value["replica"]), op.done)
-    for term, by_replica in sorted(first_by_replica.items()):
-        if len(by_replica) > 1:
-            found.flag(
-                f"term {term}: writes of {len(by_replica)} replicas succeeded "
-                f"({', '.join(sorted(by_replica))})",
-                by_replica.values(),
-            )
+    for term, by_replica in _shared_terms(writes, _write_of):
+        found.flag(
+            f"term {term}: writes of {len(by_replica)} replicas succeeded "
+            f"({', '.join(sorted(by_replica))})",
+            by_replica.values(),
+        )
 
 
 def _check_terms_grow(writes: list[Op], found: Findings) -> None:
@@ -105,18 +117,11 @@ def _claim_of(op: Op) -> tuple[int, str]:
 
 
 def _check_one_claimant_per_term(claims: list[Op], found: Findings) -> None:
-    first: dict[int, dict[str, Event]] = defaultdict(dict)
-    for op in claims:
-        assert op.done is not None
-        term, replica = _claim_of(op)
-        first[term].setdefault(replica, op.done)
-    for term, by_replica in sorted(first.items()):
-        if len(by_replica) > 1:
-            found.flag(
-                f"term {term} claimed by {len(by_replica)} replicas "
-                f"({', '.join(sorted(by_replica))})",
-                by_replica.values(),
-            )
+    for term, by_replica in _shared_terms(claims, _claim_of):
+        found.flag(
+            f"term {term} claimed by {len(by_replica)} replicas ({', '.join(sorted(by_replica))})",
+            by_replica.values(),
+        )
 
 
 def _check_no_stale_claims(claims: list[Op], found: Findings) -> None:

@@ -129,8 +129,15 @@ def run_scenario(
         f"work dir {work_dir}"
     )
     started = time.monotonic()
-    run = _Run(scenario, seed, work_dir, say, tuple(coordinator_args))
-    run.s3_endpoint, run.front_ports = s3_endpoint, ports
+    run = _Run(
+        scenario,
+        seed,
+        work_dir,
+        say,
+        coordinator_args=tuple(coordinator_args),
+        s3_endpoint=s3_endpoint,
+        front_ports=ports,
+    )
     with ExitStack() as stack:
         run.start(stack, plan)
         run.execute(plan)
@@ -189,12 +196,14 @@ class _Run:
         seed: int,
         work_dir: Path,
         say: Progress,
+        *,
         coordinator_args: tuple[str, ...] = (),
+        s3_endpoint: str | None = None,
+        front_ports: Sequence[int] | None = None,
     ) -> None:
         self.scenario, self.seed, self.work_dir, self.say = scenario, seed, work_dir, say
         self.coordinator_args = coordinator_args
-        self.s3_endpoint: str | None = None
-        self.front_ports: Sequence[int] | None = None
+        self.s3_endpoint, self.front_ports = s3_endpoint, front_ports
         self.history = History(work_dir / "history" / "harness.jsonl")
 
     def start(self, stack: ExitStack, plan: list[ScheduledFault]) -> None:

@@ -107,8 +107,19 @@ class WorkerMetrics:
             child = self._rpc_children[(method, code)] = self.rpc_seconds.labels(method, code)
         return child
 
-    def watch(self, last_ack_at: Callable[[], float], generation: Callable[[], int]) -> None:
-        """Compute the heartbeat age and the generation from the worker's state at scrape time."""
+    def watch(
+        self,
+        last_ack_at: Callable[[], float],
+        generation: Callable[[], int],
+        step: Callable[[], float],
+        samples_per_s: Callable[[], float],
+    ) -> None:
+        """Read the heartbeat age, generation, step and throughput from the worker at scrape time.
+
+        Not set on each change: ``report_progress`` runs every training step,
+        and a gauge update there would cost every step a lock for a value
+        that is read once per scrape.
+        """
 
         def age_s() -> float:
             at = last_ack_at()
@@ -116,6 +127,8 @@ class WorkerMetrics:
 
         self.heartbeat_age_seconds.set_function(_never_raising(age_s))
         self.generation.set_function(_never_raising(generation))
+        self.step.set_function(_never_raising(step))
+        self.samples_per_second.set_function(_never_raising(samples_per_s))
 
     def watch_commit_queue(self, depth: Callable[[], int] | None) -> None:
         """Report ``depth()`` as the queue depth at scrape time.

@@ -181,7 +181,12 @@ class Worker:
             use_stream=heartbeat_stream,
         )
         self._heartbeats.start()
-        self.metrics.watch(lambda: self._heartbeats.last_ack_at, lambda: self._client.generation)
+        self.metrics.watch(
+            lambda: self._heartbeats.last_ack_at,
+            lambda: self._client.generation,
+            lambda: self._step,
+            lambda: self._samples_per_s,
+        )
 
     # -- membership ---------------------------------------------------------------
     @property
@@ -294,9 +299,7 @@ class Worker:
             if not (math.isfinite(samples_per_s) and samples_per_s >= 0):
                 raise InvalidArgument(f"samples_per_s must be finite and >= 0; got {samples_per_s}")
             self._samples_per_s = float(samples_per_s)
-            self.metrics.samples_per_second.set(self._samples_per_s)
         self._step = step
-        self.metrics.step.set(step)
 
     # -- calls --------------------------------------------------------------------
     def _check_usable(self) -> None:
