@@ -85,6 +85,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/coordinator.py
 	$(PY) benchmarks/worker.py
 	$(PY) benchmarks/checkpoint.py
+	$(PY) benchmarks/rendezvous.py
 
 etcd: $(STAMP)
 	$(VENV)/bin/dtr etcd

@@ -39,10 +39,8 @@ import datetime as dt
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -52,6 +50,7 @@ from typing import Any
 import boto3
 import moto
 import torch
+from bench_paths import RESULTS, command_line
 from checkpoint_load import MatmulLoop, compute_lost, process_cpu_s
 from checkpoint_report import render
 from checkpoint_s3 import compare_uploads
@@ -60,8 +59,6 @@ from checkpoint_savers import WORKER_ID, Savers, blocking_stager_problem
 from dtr.chaos.cluster import LocalCluster
 from dtr.worker import CheckpointManager, Worker
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 JOB = "bench-checkpoint"
 MIB = 1 << 20
 SAVE_TIMEOUT_S = 120.0
@@ -252,13 +249,6 @@ def busy_cpus(sample_s: float = 1.0) -> float:
     time.sleep(sample_s)
     total2, idle2 = read()
     return (os.cpu_count() or 1) * (1 - (idle2 - idle) / max(total2 - total, 1))
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if REPO in python.parents else str(python)
-    script = os.path.relpath(Path(__file__).resolve(), REPO)
-    return shlex.join([shown, script, *sys.argv[1:]])
 
 
 def measure(s: Settings, root: Path) -> Result:

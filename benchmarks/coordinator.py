@@ -45,6 +45,7 @@ import coordinator_load
 import coordinator_report
 import grpc
 import numpy as np
+from bench_paths import RESULTS, command_line
 from google import protobuf
 
 from dtr.chaos.cluster import LocalCluster
@@ -55,8 +56,6 @@ from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.store import EtcdStore
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = REPO / "benchmarks" / "results"
 JOB = "bench"
 DATASET = "bench-tokens"
 MAX_CALLS = 5_000_000
@@ -383,13 +382,6 @@ def run(s: Settings) -> Result:
             "servers": sorted(server_cpus or ()),
         }
     return out
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if REPO in python.parents else str(python)
-    script = os.path.relpath(Path(__file__).resolve(), REPO)
-    return " ".join([shown, script, *sys.argv[1:]])
 
 
 def main() -> None:

@@ -18,22 +18,18 @@ import datetime as dt
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
+from bench_paths import RESULTS, command_line
 from numpy.typing import NDArray
 
 from dtr.ring import assign_shards, owner_array
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 TIMING_RUNS = 5
 TRIALS = 8
 
@@ -189,13 +185,6 @@ def markdown_table(rows: list[Row]) -> list[str]:
             f"| {r.assign_s:.4f} |"
         )
     return lines
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if REPO in python.parents else str(python)
-    script = os.path.relpath(Path(__file__).resolve(), REPO)
-    return shlex.join([shown, script, *sys.argv[1:]])
 
 
 def render(

@@ -52,7 +52,6 @@ import json
 import logging
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from typing import Any
 
 import grpc
 import torch
+from bench_paths import RESULTS, command_line
 from coordinator_report import verdict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch import nn
@@ -74,8 +74,6 @@ from dtr.proto import LEADER_HEALTH_SERVICE
 from dtr.retry import RetryPolicy
 from dtr.worker import ShardAssignment, ShardSampler, Worker
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 JOB = "bench-worker"
 DATASET = "bench-samples"
 OVERHEAD_RATIO_MAX = 1.02
@@ -637,13 +635,6 @@ def render(payload: Result) -> str:
             f"| {c['serving_to_fresh_shards_s']:.2f} | {c['stale_answers_during_outage']} |"
         )
     return "\n".join([*lines, ""])
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if REPO in python.parents else str(python)
-    script = os.path.relpath(Path(__file__).resolve(), REPO)
-    return shlex.join([shown, script, *sys.argv[1:]])
 
 
 def main() -> None:

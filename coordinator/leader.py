@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from dtr.errors import CoordinatorUnavailable, DtrError, NotLeader, StoreUnavailable
 from dtr.keys import JobKeys
 from dtr.ring import assign_shards
-from dtr.store import EtcdStore, Get
+from dtr.store import Compare, EtcdStore, Get, Op, TxnResult
 
 from .barriers import (
     MAX_ARRIVALS_PER_TXN,
@@ -111,6 +111,8 @@ class Coordinator:
         self.checkpoints = CheckpointBook()
         self._retention: asyncio.Task[None] | None = None
         self._retention_due = False
+        #: Called when this replica stops leading (rendezvous store waits end).
+        self.term_lost_listeners: list[Callable[[], None]] = []
 
     # -- leadership --------------------------------------------------------------
     def not_leader(self) -> NotLeader:
@@ -127,6 +129,12 @@ class Coordinator:
         if self._term is not None:
             self._term = None
             self.barriers.reset(self.not_leader())
+            for listener in self.term_lost_listeners:
+                listener()
+
+    async def leading_term(self) -> Term:
+        """My term (NOT_LEADER if I have none): for calls only the leader answers."""
+        return await self._leading_term()
 
     async def _leading_term(self) -> Term:
         """My term, with the view rebuilt from etcd if the term is new to me."""
@@ -210,7 +218,13 @@ class Coordinator:
             if moved:
                 self.barriers.on_generation(self._view)
             return self._view
-        leader_kvs = result.results[0]
+        self._check_fence(term, result)
+        raise _StalePlan()
+
+    def _check_fence(self, term: Term, refused: TxnResult) -> None:
+        """After a refused transaction whose first failure read is the leader key:
+        step down (and raise NOT_LEADER) if the fence is what failed."""
+        leader_kvs = refused.results[0]
         if (
             not isinstance(leader_kvs, tuple)
             or not leader_kvs
@@ -219,7 +233,27 @@ class Coordinator:
             self.elector.step_down(f"fenced write refused: term {term.revision} is over")
             self._lose_term()
             raise self.not_leader()
-        raise _StalePlan()
+
+    async def fenced_txn(
+        self, compares: Sequence[Compare], ops: Sequence[Op], reads: Sequence[Get] = ()
+    ) -> TxnResult:
+        """``[fence, *compares] → ops``, else ``reads``, for state outside the cluster view.
+
+        The torchrun rendezvous keeps its own keys (coordinator/rendezvous.py):
+        they need the fence and the step-down of every leader write, not the
+        view's plan-and-retry. A refused fence raises NOT_LEADER; a refusal
+        of ``compares`` returns the result with only ``reads``' results.
+        """
+        term = await self._leading_term()
+        fence = [term.fence()] if self.elector.self_fencing else []
+        with self.metrics.etcd("write"):
+            result = await asyncio.to_thread(
+                self.store.txn, [*fence, *compares], ops, [Get(term.key), *reads]
+            )
+        if result.succeeded:
+            return result
+        self._check_fence(term, result)
+        return replace(result, results=result.results[1:])
 
     # -- requests ----------------------------------------------------------------
     async def register_worker(

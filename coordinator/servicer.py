@@ -24,9 +24,10 @@ from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 
-from . import validation
+from . import rendezvous_requests, validation
 from .checkpoints import PartRecord
 from .leader import Coordinator
+from .rendezvous import Rendezvous, StateRead
 from .state import ClusterView, DatasetRecord
 from .status_codes import status_for
 from .validation import CheckpointProgressReport
@@ -104,6 +105,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.core = coordinator
         self.replica_id = replica_id
         self.job = coordinator.keys.job
+        self.rendezvous = Rendezvous(coordinator)
 
     def header(self, view: ClusterView | None = None) -> pb.ResponseHeader:
         leader = self.core.elector.leader()
@@ -345,6 +347,65 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 )
             )
         return response
+
+    # -- torchrun rendezvous -------------------------------------------------------
+    @_handler
+    async def GetRendezvousState(
+        self, request: pb.GetRendezvousStateRequest, context: Any
+    ) -> pb.GetRendezvousStateResponse:
+        read = await self.rendezvous.get_state(rendezvous_requests.get_state(request))
+        return pb.GetRendezvousStateResponse(
+            header=self.header(), present=read.present, state=read.state, token=read.token
+        )
+
+    @_handler
+    async def SetRendezvousState(
+        self, request: pb.SetRendezvousStateRequest, context: Any
+    ) -> pb.SetRendezvousStateResponse:
+        write = rendezvous_requests.set_state(request)
+        has_set, now = await self.rendezvous.set_state(
+            write.rendezvous_id, write.state, write.token
+        )
+        return _state_pb(self.header(), has_set, now)
+
+    @_handler
+    async def RendezvousStoreSet(
+        self, request: pb.RendezvousStoreSetRequest, context: Any
+    ) -> pb.RendezvousStoreSetResponse:
+        write = rendezvous_requests.store_set(request)
+        await self.rendezvous.store_set(write.rendezvous_id, write.entries)
+        return pb.RendezvousStoreSetResponse(header=self.header())
+
+    @_handler
+    async def RendezvousStoreGet(
+        self, request: pb.RendezvousStoreGetRequest, context: Any
+    ) -> pb.RendezvousStoreGetResponse:
+        query = rendezvous_requests.store_get(request)
+        read = await self.rendezvous.store_get(query.rendezvous_id, query.keys, query.wait_s)
+        return pb.RendezvousStoreGetResponse(
+            header=self.header(),
+            found=not read.missing,
+            values=read.values,
+            missing_keys=read.missing,
+        )
+
+    @_handler
+    async def RendezvousStoreAdd(
+        self, request: pb.RendezvousStoreAddRequest, context: Any
+    ) -> pb.RendezvousStoreAddResponse:
+        add = rendezvous_requests.store_add(request)
+        value = await self.rendezvous.store_add(
+            add.rendezvous_id, add.key, add.delta, add.request_id
+        )
+        return pb.RendezvousStoreAddResponse(header=self.header(), value=value)
+
+
+def _state_pb(
+    header: pb.ResponseHeader, has_set: bool, now: StateRead
+) -> pb.SetRendezvousStateResponse:
+    return pb.SetRendezvousStateResponse(
+        header=header, has_set=has_set, present=now.present, state=now.state, token=now.token
+    )
 
 
 def _dataset_pb(record: DatasetRecord) -> pb.Dataset:

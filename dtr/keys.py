@@ -18,6 +18,9 @@ Layout (``<J>`` = ``<root>/jobs/<job>``)::
     <J>/checkpoints/steps/<step, 20 digits>/<worker id>   commit records
     <J>/checkpoints/complete/<step, 20 digits>   a complete step: generation, workers
     <J>/checkpoints/latest                 the latest complete step
+    <J>/rendezvous/<rdzv id>/state         torchrun's rendezvous state (compare-and-set)
+    <J>/rendezvous/<rdzv id>/store/<hex>   its agents' store, keys hex-encoded
+    <J>/rendezvous/<rdzv id>/adds/<request id>   the answer of one Store.add, for retries
 
 Steps are zero-padded so that etcd's byte order is numeric order.
 """
@@ -36,6 +39,14 @@ DEFAULT_ROOT = "/dtr/v1"
 # user@host style worker ids.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _STEP_DIGITS = 20
+
+#: torchrun rendezvous values (the state blob, each store value, and all of
+#: one call together) stay under etcd's default request limit of 1.5 MiB.
+MAX_RENDEZVOUS_VALUE_BYTES = 1024 * 1024
+#: torch's store keys are free text ("torch.rendezvous.<id>.<round>/MASTER_ADDR").
+MAX_STORE_KEY_CHARS = 512
+#: Keys per store call, so one call stays one transaction below etcd's 128 ops.
+MAX_STORE_ENTRIES = 64
 
 
 def validate_name(field: str, value: object) -> str:
@@ -161,6 +172,21 @@ class JobKeys:
     @property
     def latest_checkpoint(self) -> str:
         return f"{self.prefix}checkpoints/latest"
+
+    # -- torchrun rendezvous ----------------------------------------------------
+    def rendezvous_prefix(self, rendezvous_id: str) -> str:
+        return f"{self.prefix}rendezvous/{validate_name('rdzv_id', rendezvous_id)}/"
+
+    def rendezvous_state(self, rendezvous_id: str) -> str:
+        return f"{self.rendezvous_prefix(rendezvous_id)}state"
+
+    def rendezvous_store(self, rendezvous_id: str, key: str) -> str:
+        """A store key, hex-encoded: torch's keys hold '/' and any other character."""
+        return f"{self.rendezvous_prefix(rendezvous_id)}store/{key.encode().hex()}"
+
+    def rendezvous_add(self, rendezvous_id: str, request_id: str) -> str:
+        request = validate_name("request_id", request_id)
+        return f"{self.rendezvous_prefix(rendezvous_id)}adds/{request}"
 
     # -- parsing ---------------------------------------------------------------
     def last_segment(self, key: str, prefix: str) -> str:

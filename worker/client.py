@@ -28,6 +28,7 @@ Thread-safe: the training thread and the heartbeat thread share one client.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -44,7 +45,13 @@ from dtr.proto import LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, status_code, trailing_metadata
-from dtr.security import ClientSecurity
+from dtr.security import (
+    ENV_TOKEN_FILE,
+    ClientSecurity,
+    TlsFiles,
+    client_security,
+    read_token_file,
+)
 
 from .metrics import WorkerMetrics
 from .rpc_errors import error_from_rpc
@@ -85,6 +92,20 @@ def parse_coordinators(value: str | Sequence[str]) -> tuple[str, ...]:
     if not addresses:
         raise InvalidArgument("coordinators: give at least one HOST:PORT")
     return tuple(addresses)
+
+
+def resolve_security(tls: TlsFiles | None, token: str | None) -> ClientSecurity:
+    """A client's credentials: the arguments first, then the ``DTR_*`` variables.
+
+    Shared by ``Worker`` and the torchrun rendezvous (``rendezvous.py``), so a
+    training script and its launcher read the same ``DTR_TLS_*`` /
+    ``DTR_TOKEN_FILE`` environment the same way.
+    """
+    if tls is None:
+        tls = TlsFiles.from_environment(os.environ)
+    if token is None and os.environ.get(ENV_TOKEN_FILE):
+        token = read_token_file(os.environ[ENV_TOKEN_FILE])
+    return client_security(tls, token)
 
 
 class CoordinatorClient:

@@ -43,11 +43,11 @@ from dtr.errors import (
 from dtr.keys import validate_name
 from dtr.proto import coordinator_pb2 as pb
 from dtr.retry import RetryPolicy
-from dtr.security import ENV_TOKEN_FILE, ClientSecurity, TlsFiles, client_security, read_token_file
+from dtr.security import TlsFiles
 
 from .assignment import ShardAssignment
 from .checkpoint_rpc import LatestCheckpoint, fetch_latest, send_commit
-from .client import AnswerListener, CoordinatorClient
+from .client import AnswerListener, CoordinatorClient, resolve_security
 from .commit_flusher import CommitAck
 from .commit_queue import CommitRecord
 from .heartbeats import HeartbeatLoop
@@ -86,15 +86,6 @@ def _positive(name: str, value: object) -> float:
     if not (math.isfinite(value) and value > 0):
         raise InvalidArgument(f"{name} must be finite and > 0; got {value!r}")
     return float(value)
-
-
-def _security(tls: TlsFiles | None, token: str | None) -> ClientSecurity:
-    """The worker's credentials: arguments first, then the ``DTR_*`` variables."""
-    if tls is None:
-        tls = TlsFiles.from_environment(os.environ)
-    if token is None and os.environ.get(ENV_TOKEN_FILE):
-        token = read_token_file(os.environ[ENV_TOKEN_FILE])
-    return client_security(tls, token)
 
 
 def _epoch(epoch: object) -> int:
@@ -151,7 +142,7 @@ class Worker:
             job=job or os.environ.get("DTR_JOB") or "default",
             caller_id=self.worker_id,
             policy=retry,
-            security=_security(tls, token),
+            security=resolve_security(tls, token),
             metrics=self.metrics,
         )
         self.job = self._client.job

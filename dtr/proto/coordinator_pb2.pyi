@@ -499,3 +499,117 @@ class ClusterStatusResponse(_message.Message):
     open_barriers: _containers.RepeatedCompositeFieldContainer[BarrierInfo]
     latest_checkpoint: CheckpointSummary
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., job: _Optional[str] = ..., leader: _Optional[_Union[LeaderInfo, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., generation: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., open_barriers: _Optional[_Iterable[_Union[BarrierInfo, _Mapping]]] = ..., latest_checkpoint: _Optional[_Union[CheckpointSummary, _Mapping]] = ...) -> None: ...
+
+class GetRendezvousStateRequest(_message.Message):
+    __slots__ = ("header", "rendezvous_id")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    rendezvous_id: str
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., rendezvous_id: _Optional[str] = ...) -> None: ...
+
+class GetRendezvousStateResponse(_message.Message):
+    __slots__ = ("header", "present", "state", "token")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    present: bool
+    state: bytes
+    token: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., present: _Optional[bool] = ..., state: _Optional[bytes] = ..., token: _Optional[int] = ...) -> None: ...
+
+class SetRendezvousStateRequest(_message.Message):
+    __slots__ = ("header", "rendezvous_id", "state", "token")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    rendezvous_id: str
+    state: bytes
+    token: int
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., rendezvous_id: _Optional[str] = ..., state: _Optional[bytes] = ..., token: _Optional[int] = ...) -> None: ...
+
+class SetRendezvousStateResponse(_message.Message):
+    __slots__ = ("header", "has_set", "present", "state", "token")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HAS_SET_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    has_set: bool
+    present: bool
+    state: bytes
+    token: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., has_set: _Optional[bool] = ..., present: _Optional[bool] = ..., state: _Optional[bytes] = ..., token: _Optional[int] = ...) -> None: ...
+
+class RendezvousStoreEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class RendezvousStoreSetRequest(_message.Message):
+    __slots__ = ("header", "rendezvous_id", "entries")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    rendezvous_id: str
+    entries: _containers.RepeatedCompositeFieldContainer[RendezvousStoreEntry]
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., rendezvous_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[RendezvousStoreEntry, _Mapping]]] = ...) -> None: ...
+
+class RendezvousStoreSetResponse(_message.Message):
+    __slots__ = ("header",)
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ...) -> None: ...
+
+class RendezvousStoreGetRequest(_message.Message):
+    __slots__ = ("header", "rendezvous_id", "keys", "wait_s")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    rendezvous_id: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    wait_s: float
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., rendezvous_id: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class RendezvousStoreGetResponse(_message.Message):
+    __slots__ = ("header", "found", "values", "missing_keys")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    found: bool
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    missing_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., found: _Optional[bool] = ..., values: _Optional[_Iterable[bytes]] = ..., missing_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RendezvousStoreAddRequest(_message.Message):
+    __slots__ = ("header", "rendezvous_id", "key", "delta")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    rendezvous_id: str
+    key: str
+    delta: int
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., rendezvous_id: _Optional[str] = ..., key: _Optional[str] = ..., delta: _Optional[int] = ...) -> None: ...
+
+class RendezvousStoreAddResponse(_message.Message):
+    __slots__ = ("header", "value")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    value: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., value: _Optional[int] = ...) -> None: ...

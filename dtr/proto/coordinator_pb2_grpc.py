@@ -86,6 +86,31 @@ class CoordinatorStub:
                 request_serializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.GetRendezvousState = channel.unary_unary(
+                '/dtr.v1.Coordinator/GetRendezvousState',
+                request_serializer=dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateRequest.SerializeToString,
+                response_deserializer=dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateResponse.FromString,
+                _registered_method=True)
+        self.SetRendezvousState = channel.unary_unary(
+                '/dtr.v1.Coordinator/SetRendezvousState',
+                request_serializer=dtr_dot_proto_dot_coordinator__pb2.SetRendezvousStateRequest.SerializeToString,
+                response_deserializer=dtr_dot_proto_dot_coordinator__pb2.SetRendezvousStateResponse.FromString,
+                _registered_method=True)
+        self.RendezvousStoreSet = channel.unary_unary(
+                '/dtr.v1.Coordinator/RendezvousStoreSet',
+                request_serializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreSetRequest.SerializeToString,
+                response_deserializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreSetResponse.FromString,
+                _registered_method=True)
+        self.RendezvousStoreGet = channel.unary_unary(
+                '/dtr.v1.Coordinator/RendezvousStoreGet',
+                request_serializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreGetRequest.SerializeToString,
+                response_deserializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreGetResponse.FromString,
+                _registered_method=True)
+        self.RendezvousStoreAdd = channel.unary_unary(
+                '/dtr.v1.Coordinator/RendezvousStoreAdd',
+                request_serializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreAddRequest.SerializeToString,
+                response_deserializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreAddResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -190,6 +215,53 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRendezvousState(self, request, context):
+        """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
+        One job may hold many rendezvous, each named by torchrun's --rdzv-id; each
+        has an opaque state blob (torch elastic's, a compare-and-set on etcd's
+        mod_revision) and a small key-value store its agents share. Only the
+        leader answers these calls (the waits below are woken by its own writes);
+        every write is fenced like any other leader write.
+
+        The state blob and its token, or present=false when none was set yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRendezvousState(self, request, context):
+        """Compare-and-set of the state blob. Idempotent: a retry of a call whose
+        first attempt applied finds its own bytes and answers has_set=true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RendezvousStoreSet(self, request, context):
+        """Sets keys of the rendezvous's store (torch's Store.set / multi_set).
+        Idempotent: setting a key to the same value again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RendezvousStoreGet(self, request, context):
+        """Reads keys of the store, waiting up to wait_s for all of them to exist
+        (torch's Store.get / multi_get / wait / check). Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RendezvousStoreAdd(self, request, context):
+        """Adds to an integer key (torch's Store.add). Idempotency key:
+        header.client_request_id, which must be set; a retry answers the value
+        the first attempt produced instead of adding twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +314,31 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusRequest.FromString,
                     response_serializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'GetRendezvousState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRendezvousState,
+                    request_deserializer=dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateRequest.FromString,
+                    response_serializer=dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateResponse.SerializeToString,
+            ),
+            'SetRendezvousState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRendezvousState,
+                    request_deserializer=dtr_dot_proto_dot_coordinator__pb2.SetRendezvousStateRequest.FromString,
+                    response_serializer=dtr_dot_proto_dot_coordinator__pb2.SetRendezvousStateResponse.SerializeToString,
+            ),
+            'RendezvousStoreSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.RendezvousStoreSet,
+                    request_deserializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreSetRequest.FromString,
+                    response_serializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreSetResponse.SerializeToString,
+            ),
+            'RendezvousStoreGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.RendezvousStoreGet,
+                    request_deserializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreGetRequest.FromString,
+                    response_serializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreGetResponse.SerializeToString,
+            ),
+            'RendezvousStoreAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.RendezvousStoreAdd,
+                    request_deserializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreAddRequest.FromString,
+                    response_serializer=dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreAddResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +613,141 @@ class Coordinator:
             '/dtr.v1.Coordinator/ClusterStatus',
             dtr_dot_proto_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
             dtr_dot_proto_dot_coordinator__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRendezvousState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtr.v1.Coordinator/GetRendezvousState',
+            dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateRequest.SerializeToString,
+            dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRendezvousState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtr.v1.Coordinator/SetRendezvousState',
+            dtr_dot_proto_dot_coordinator__pb2.SetRendezvousStateRequest.SerializeToString,
+            dtr_dot_proto_dot_coordinator__pb2.SetRendezvousStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RendezvousStoreSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtr.v1.Coordinator/RendezvousStoreSet',
+            dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreSetRequest.SerializeToString,
+            dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RendezvousStoreGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtr.v1.Coordinator/RendezvousStoreGet',
+            dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreGetRequest.SerializeToString,
+            dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RendezvousStoreAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtr.v1.Coordinator/RendezvousStoreAdd',
+            dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreAddRequest.SerializeToString,
+            dtr_dot_proto_dot_coordinator__pb2.RendezvousStoreAddResponse.FromString,
             options,
             channel_credentials,
             insecure,

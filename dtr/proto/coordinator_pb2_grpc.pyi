@@ -39,7 +39,8 @@ dtr.proto.ERROR_KIND_METADATA_KEY and dtr.proto.NOT_LEADER. Python: dtr.proto.LE
 request, unchanged, against that address; every mutating call is
 idempotent (keys below) so such a retry is always safe, even when the first
 attempt's outcome is unknown. Mutating calls: RegisterWorker, Heartbeat,
-HeartbeatStream, Deregister, RegisterDataset, Barrier, CommitCheckpoint.
+HeartbeatStream, Deregister, RegisterDataset, Barrier, CommitCheckpoint,
+and every rendezvous call (leader-only, reads included).
 Read-only calls (GetShards, GetLatestCheckpoint, ClusterStatus) may be
 answered by any replica from etcd; ResponseHeader.is_leader says which kind
 answered.
@@ -141,6 +142,33 @@ class CoordinatorStub:
     """Everything `dtr status` shows; the response mirrors `dtr status --json`
     (DESIGN §3). Read-only.
     """
+    GetRendezvousState: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetRendezvousStateRequest, _coordinator_pb2.GetRendezvousStateResponse]
+    """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
+    One job may hold many rendezvous, each named by torchrun's --rdzv-id; each
+    has an opaque state blob (torch elastic's, a compare-and-set on etcd's
+    mod_revision) and a small key-value store its agents share. Only the
+    leader answers these calls (the waits below are woken by its own writes);
+    every write is fenced like any other leader write.
+
+    The state blob and its token, or present=false when none was set yet.
+    """
+    SetRendezvousState: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SetRendezvousStateRequest, _coordinator_pb2.SetRendezvousStateResponse]
+    """Compare-and-set of the state blob. Idempotent: a retry of a call whose
+    first attempt applied finds its own bytes and answers has_set=true.
+    """
+    RendezvousStoreSet: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RendezvousStoreSetRequest, _coordinator_pb2.RendezvousStoreSetResponse]
+    """Sets keys of the rendezvous's store (torch's Store.set / multi_set).
+    Idempotent: setting a key to the same value again changes nothing.
+    """
+    RendezvousStoreGet: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RendezvousStoreGetRequest, _coordinator_pb2.RendezvousStoreGetResponse]
+    """Reads keys of the store, waiting up to wait_s for all of them to exist
+    (torch's Store.get / multi_get / wait / check). Read-only.
+    """
+    RendezvousStoreAdd: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RendezvousStoreAddRequest, _coordinator_pb2.RendezvousStoreAddResponse]
+    """Adds to an integer key (torch's Store.add). Idempotency key:
+    header.client_request_id, which must be set; a retry answers the value
+    the first attempt produced instead of adding twice.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -204,6 +232,33 @@ class CoordinatorAsyncStub(CoordinatorStub):
     ClusterStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ClusterStatusRequest, _coordinator_pb2.ClusterStatusResponse]  # type: ignore[assignment]
     """Everything `dtr status` shows; the response mirrors `dtr status --json`
     (DESIGN §3). Read-only.
+    """
+    GetRendezvousState: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetRendezvousStateRequest, _coordinator_pb2.GetRendezvousStateResponse]  # type: ignore[assignment]
+    """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
+    One job may hold many rendezvous, each named by torchrun's --rdzv-id; each
+    has an opaque state blob (torch elastic's, a compare-and-set on etcd's
+    mod_revision) and a small key-value store its agents share. Only the
+    leader answers these calls (the waits below are woken by its own writes);
+    every write is fenced like any other leader write.
+
+    The state blob and its token, or present=false when none was set yet.
+    """
+    SetRendezvousState: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SetRendezvousStateRequest, _coordinator_pb2.SetRendezvousStateResponse]  # type: ignore[assignment]
+    """Compare-and-set of the state blob. Idempotent: a retry of a call whose
+    first attempt applied finds its own bytes and answers has_set=true.
+    """
+    RendezvousStoreSet: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RendezvousStoreSetRequest, _coordinator_pb2.RendezvousStoreSetResponse]  # type: ignore[assignment]
+    """Sets keys of the rendezvous's store (torch's Store.set / multi_set).
+    Idempotent: setting a key to the same value again changes nothing.
+    """
+    RendezvousStoreGet: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RendezvousStoreGetRequest, _coordinator_pb2.RendezvousStoreGetResponse]  # type: ignore[assignment]
+    """Reads keys of the store, waiting up to wait_s for all of them to exist
+    (torch's Store.get / multi_get / wait / check). Read-only.
+    """
+    RendezvousStoreAdd: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RendezvousStoreAddRequest, _coordinator_pb2.RendezvousStoreAddResponse]  # type: ignore[assignment]
+    """Adds to an integer key (torch's Store.add). Idempotency key:
+    header.client_request_id, which must be set; a retry answers the value
+    the first attempt produced instead of adding twice.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -325,6 +380,63 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.ClusterStatusResponse, _abc.Awaitable[_coordinator_pb2.ClusterStatusResponse]]:
         """Everything `dtr status` shows; the response mirrors `dtr status --json`
         (DESIGN §3). Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRendezvousState(
+        self,
+        request: _coordinator_pb2.GetRendezvousStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.GetRendezvousStateResponse, _abc.Awaitable[_coordinator_pb2.GetRendezvousStateResponse]]:
+        """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
+        One job may hold many rendezvous, each named by torchrun's --rdzv-id; each
+        has an opaque state blob (torch elastic's, a compare-and-set on etcd's
+        mod_revision) and a small key-value store its agents share. Only the
+        leader answers these calls (the waits below are woken by its own writes);
+        every write is fenced like any other leader write.
+
+        The state blob and its token, or present=false when none was set yet.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRendezvousState(
+        self,
+        request: _coordinator_pb2.SetRendezvousStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.SetRendezvousStateResponse, _abc.Awaitable[_coordinator_pb2.SetRendezvousStateResponse]]:
+        """Compare-and-set of the state blob. Idempotent: a retry of a call whose
+        first attempt applied finds its own bytes and answers has_set=true.
+        """
+
+    @_abc_1.abstractmethod
+    def RendezvousStoreSet(
+        self,
+        request: _coordinator_pb2.RendezvousStoreSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RendezvousStoreSetResponse, _abc.Awaitable[_coordinator_pb2.RendezvousStoreSetResponse]]:
+        """Sets keys of the rendezvous's store (torch's Store.set / multi_set).
+        Idempotent: setting a key to the same value again changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RendezvousStoreGet(
+        self,
+        request: _coordinator_pb2.RendezvousStoreGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RendezvousStoreGetResponse, _abc.Awaitable[_coordinator_pb2.RendezvousStoreGetResponse]]:
+        """Reads keys of the store, waiting up to wait_s for all of them to exist
+        (torch's Store.get / multi_get / wait / check). Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def RendezvousStoreAdd(
+        self,
+        request: _coordinator_pb2.RendezvousStoreAddRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RendezvousStoreAddResponse, _abc.Awaitable[_coordinator_pb2.RendezvousStoreAddResponse]]:
+        """Adds to an integer key (torch's Store.add). Idempotency key:
+        header.client_request_id, which must be set; a retry answers the value
+        the first attempt produced instead of adding twice.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

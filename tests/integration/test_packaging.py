@@ -94,3 +94,14 @@ def test_wheel_declares_the_dtr_console_script(wheel: Path, wheel_names: list[st
     with zipfile.ZipFile(wheel) as archive:
         text = archive.read(entry_points).decode()
     assert "dtr = dtr.cli:main" in text
+
+
+def test_wheel_registers_the_torchrun_rendezvous_backend(
+    wheel: Path, wheel_names: list[str]
+) -> None:
+    """``torchrun --rdzv-backend=dtr`` needs this group; torch reads it at import."""
+    (entry_points,) = [n for n in wheel_names if n.endswith(".dist-info/entry_points.txt")]
+    with zipfile.ZipFile(wheel) as archive:
+        sections = archive.read(entry_points).decode().split("\n\n")
+    (handlers,) = [s for s in sections if s.startswith("[torchrun.handlers]")]
+    assert "dtr = dtr.worker.rendezvous:handler_creator" in handlers

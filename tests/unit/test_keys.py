@@ -72,3 +72,19 @@ def test_last_segment_names_the_child_below_a_prefix() -> None:
     assert keys.last_segment(keys.barrier_arrival("b", "w3"), keys.barriers_prefix) == "b"
     with pytest.raises(InvalidArgument):
         keys.last_segment("/elsewhere/x", keys.members_prefix)
+
+
+def test_rendezvous_keys_stay_inside_their_rendezvous() -> None:
+    keys = JobKeys("j")
+    prefix = keys.rendezvous_prefix("run-1")
+    assert prefix == "/dtr/v1/jobs/j/rendezvous/run-1/"
+    assert keys.rendezvous_state("run-1") == prefix + "state"
+    # torch's store keys carry "/" and anything else: hex keeps them one segment.
+    store_key = keys.rendezvous_store("run-1", "torch.rendezvous.run-1.0/MASTER_ADDR")
+    segment = store_key.removeprefix(prefix + "store/")
+    assert "/" not in segment
+    assert bytes.fromhex(segment).decode() == "torch.rendezvous.run-1.0/MASTER_ADDR"
+    assert keys.rendezvous_add("run-1", "ab12").startswith(prefix + "adds/")
+    for bad in ("", "a/b", "../x", "a b", "x" * 129):
+        with pytest.raises(InvalidArgument, match="rdzv_id"):
+            keys.rendezvous_state(bad)

@@ -1,0 +1,186 @@
+"""torchrun's rendezvous on the leader: a compare-and-set state blob and the agents' store.
+
+``torchrun --rdzv-backend=dtr`` (``dtr.worker.rendezvous``) keeps torch
+elastic's rendezvous state here instead of on one agent (``c10d``) or in
+etcd's removed v2 API (``etcd-v2``). Each rendezvous id owns, under the job's
+prefix (``dtr.keys``):
+
+- ``state``: torch's opaque blob. Its token is the key's etcd mod_revision, so
+  "set if unchanged since token T" is one transaction comparing it, plus the
+  leader's fence like every leader write.
+- ``store/<hex key>``: the small key-value store torch's agents share before
+  their workers start (the master address, role infos, rank assignments,
+  the exit barrier's counter). Store reads wait on this leader's own writes,
+  so only the leader answers; a replica that loses its term wakes its
+  waiters, which then answer NOT_LEADER and the agents follow the new leader.
+- ``adds/<request id>``: what a ``Store.add`` answered, so a retry of an add
+  whose answer was lost does not add twice (an exit barrier counting one agent
+  twice would release early).
+
+Nothing here is garbage-collected yet: a rendezvous's keys stay until the
+job's prefix is wiped (docs/torchrun.md says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+from dtr.errors import InvalidArgument, StoreUnavailable
+from dtr.keys import JobKeys
+from dtr.store import Compare, Get, KeyValue, Put, TxnResult
+
+from .leader import Coordinator
+
+#: A store read waits at most this long per call; the agent calls again.
+MAX_STORE_WAIT_S = 10.0
+_ADD_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StateRead:
+    """The state blob as etcd holds it; ``present`` False before the first set."""
+
+    present: bool
+    state: bytes = b""
+    token: int = 0
+
+    @classmethod
+    def of(cls, kvs: tuple[KeyValue, ...]) -> StateRead:
+        if not kvs:
+            return cls(False)
+        return cls(True, kvs[0].value, kvs[0].mod_revision)
+
+
+@dataclass(frozen=True)
+class StoreRead:
+    """Values of the asked keys in order, or the ones still missing."""
+
+    values: tuple[bytes, ...]
+    missing: tuple[str, ...]
+
+
+class Rendezvous:
+    """The rendezvous calls of one replica; every write goes through the leader's fence."""
+
+    def __init__(self, core: Coordinator) -> None:
+        self.core = core
+        self.keys: JobKeys = core.keys
+        self._changed: dict[str, asyncio.Event] = {}
+        self._add_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        core.term_lost_listeners.append(self.wake_all)
+
+    # -- state ---------------------------------------------------------------------
+    async def get_state(self, rendezvous_id: str) -> StateRead:
+        await self.core.leading_term()
+        key = self.keys.rendezvous_state(rendezvous_id)
+        result = await asyncio.to_thread(self.core.store.txn, [], [Get(key)])
+        return StateRead.of(_kvs(result, 0))
+
+    async def set_state(
+        self, rendezvous_id: str, state: bytes, token: int | None
+    ) -> tuple[bool, StateRead]:
+        """Compare-and-set; ``(has_set, state now)``.
+
+        A losing call whose bytes are already the current state counts as set:
+        that is this call's own earlier attempt (answer lost, retried), or a
+        peer that wrote the very same state, which torch treats alike (its
+        c10d backend compares the bytes the same way).
+        """
+        key = self.keys.rendezvous_state(rendezvous_id)
+        expected = Compare.absent(key) if token is None else Compare.modified_at(key, token)
+        result = await self.core.fenced_txn([expected], [Put(key, state)], [Get(key)])
+        if result.succeeded:
+            return True, StateRead(True, state, result.revision)
+        current = StateRead.of(_kvs(result, 0))
+        return current.present and current.state == state, current
+
+    # -- store ---------------------------------------------------------------------
+    async def store_set(self, rendezvous_id: str, entries: tuple[tuple[str, bytes], ...]) -> None:
+        puts = [Put(self.keys.rendezvous_store(rendezvous_id, k), v) for k, v in entries]
+        await self.core.fenced_txn([], puts)
+        self._wake(rendezvous_id)
+
+    async def store_get(
+        self, rendezvous_id: str, keys: tuple[str, ...], wait_s: float
+    ) -> StoreRead:
+        """The values, waiting up to ``wait_s`` (capped) for every key to exist."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait_s, MAX_STORE_WAIT_S)
+        reads = [Get(self.keys.rendezvous_store(rendezvous_id, k)) for k in keys]
+        while True:
+            await self.core.leading_term()
+            changed = self._event(rendezvous_id)  # taken before the read: no lost wake-up
+            result = await asyncio.to_thread(self.core.store.txn, [], reads)
+            found = [_kvs(result, i) for i in range(len(keys))]
+            missing = tuple(k for k, kvs in zip(keys, found, strict=True) if not kvs)
+            remaining = deadline - loop.time()
+            if not missing:
+                return StoreRead(tuple(kvs[0].value for kvs in found), ())
+            if remaining <= 0:
+                return StoreRead((), missing)
+            with contextlib.suppress(TimeoutError):  # then one last read, and the answer
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def store_add(self, rendezvous_id: str, key: str, delta: int, request_id: str) -> int:
+        """Add to an integer key, once per ``request_id`` however often it is retried."""
+        etcd_key = self.keys.rendezvous_store(rendezvous_id, key)
+        answered = self.keys.rendezvous_add(rendezvous_id, request_id)
+        async with self._add_locks[rendezvous_id]:  # no compare races within this term
+            for _ in range(_ADD_ATTEMPTS):
+                await self.core.leading_term()
+                read = await asyncio.to_thread(
+                    self.core.store.txn, [], [Get(etcd_key), Get(answered)]
+                )
+                earlier = _kvs(read, 1)
+                if earlier:
+                    return int(earlier[0].value)
+                current = _kvs(read, 0)
+                value = _integer(key, current[0].value if current else b"0") + delta
+                unchanged = (
+                    Compare.modified_at(etcd_key, current[0].mod_revision)
+                    if current
+                    else Compare.absent(etcd_key)
+                )
+                encoded = str(value).encode()
+                result = await self.core.fenced_txn(
+                    [unchanged], [Put(etcd_key, encoded), Put(answered, encoded)]
+                )
+                if result.succeeded:
+                    self._wake(rendezvous_id)
+                    return value
+        raise StoreUnavailable(f"store key {key!r} kept changing under this add; retry")
+
+    # -- waking waiters --------------------------------------------------------------
+    def _event(self, rendezvous_id: str) -> asyncio.Event:
+        event = self._changed.get(rendezvous_id)
+        if event is None:
+            event = self._changed[rendezvous_id] = asyncio.Event()
+        return event
+
+    def _wake(self, rendezvous_id: str) -> None:
+        event = self._changed.pop(rendezvous_id, None)
+        if event is not None:
+            event.set()
+
+    def wake_all(self) -> None:
+        """The term is over: every waiter re-checks, and learns it is NOT_LEADER."""
+        events, self._changed = list(self._changed.values()), {}
+        for event in events:
+            event.set()
+
+
+def _kvs(result: TxnResult, index: int) -> tuple[KeyValue, ...]:
+    found = result.results[index]
+    return found if isinstance(found, tuple) else ()
+
+
+def _integer(key: str, value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"key: store key {key!r} holds {value[:40]!r}, not an integer; add needs one"
+        ) from None
