@@ -15,16 +15,20 @@ prefix (``dtr.keys``):
   waiters, which then answer NOT_LEADER and the agents follow the new leader.
 - ``adds/<request id>``: what a ``Store.add`` answered, so a retry of an add
   whose answer was lost does not add twice (an exit barrier counting one agent
-  twice would release early).
+  twice would release early). A retry comes within the client's retry
+  deadline, so these keys ride on an etcd lease that expires them after
+  ``ADD_ANSWER_TTL_S``; a new lease is granted every half TTL, so a key always
+  lives at least half of it, whichever replica leads meanwhile.
 
-Nothing here is garbage-collected yet: a rendezvous's keys stay until the
-job's prefix is wiped (docs/torchrun.md says so).
+The state and store keys stay until the job's prefix is wiped
+(docs/torchrun.md says how to remove them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -36,6 +40,8 @@ from .leader import Coordinator
 
 #: A store read waits at most this long per call; the agent calls again.
 MAX_STORE_WAIT_S = 10.0
+#: How long an add's answer is kept for its retries (clients give up after 30 s).
+ADD_ANSWER_TTL_S = 600
 _ADD_ATTEMPTS = 5
 
 
@@ -68,8 +74,13 @@ class Rendezvous:
     def __init__(self, core: Coordinator) -> None:
         self.core = core
         self.keys: JobKeys = core.keys
-        self._changed: dict[str, asyncio.Event] = {}
+        # One event per awaited key, held only by its waiters: a write wakes the
+        # readers of what it wrote, not every reader of the rendezvous.
+        self._changed: weakref.WeakValueDictionary[tuple[str, str], asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
         self._add_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._answer_lease: tuple[int, float] | None = None  # (lease id, granted at)
         core.term_lost_listeners.append(self.wake_all)
 
     # -- state ---------------------------------------------------------------------
@@ -101,7 +112,7 @@ class Rendezvous:
     async def store_set(self, rendezvous_id: str, entries: tuple[tuple[str, bytes], ...]) -> None:
         puts = [Put(self.keys.rendezvous_store(rendezvous_id, k), v) for k, v in entries]
         await self.core.fenced_txn([], puts)
-        self._wake(rendezvous_id)
+        self._wake(rendezvous_id, [k for k, _ in entries])
 
     async def store_get(
         self, rendezvous_id: str, keys: tuple[str, ...], wait_s: float
@@ -112,7 +123,8 @@ class Rendezvous:
         reads = [Get(self.keys.rendezvous_store(rendezvous_id, k)) for k in keys]
         while True:
             await self.core.leading_term()
-            changed = self._event(rendezvous_id)  # taken before the read: no lost wake-up
+            # Events are taken before the read, so a write between the two is not missed.
+            events = {key: self._event(rendezvous_id, key) for key in keys}
             result = await asyncio.to_thread(self.core.store.txn, [], reads)
             found = [_kvs(result, i) for i in range(len(keys))]
             missing = tuple(k for k, kvs in zip(keys, found, strict=True) if not kvs)
@@ -121,6 +133,7 @@ class Rendezvous:
                 return StoreRead(tuple(kvs[0].value for kvs in found), ())
             if remaining <= 0:
                 return StoreRead((), missing)
+            changed = events[missing[0]]  # the others are read again when it comes
             with contextlib.suppress(TimeoutError):  # then one last read, and the answer
                 await asyncio.wait_for(changed.wait(), remaining)
 
@@ -145,29 +158,41 @@ class Rendezvous:
                     else Compare.absent(etcd_key)
                 )
                 encoded = str(value).encode()
+                lease_id = await self._answers_lease()
                 result = await self.core.fenced_txn(
-                    [unchanged], [Put(etcd_key, encoded), Put(answered, encoded)]
+                    [unchanged], [Put(etcd_key, encoded), Put(answered, encoded, lease_id)]
                 )
                 if result.succeeded:
-                    self._wake(rendezvous_id)
+                    self._wake(rendezvous_id, [key])
                     return value
         raise StoreUnavailable(f"store key {key!r} kept changing under this add; retry")
 
+    async def _answers_lease(self) -> int:
+        """The lease add answers ride on; a fresh one every half TTL, so none is near expiry."""
+        loop = asyncio.get_running_loop()
+        lease = self._answer_lease
+        if lease is None or loop.time() - lease[1] > ADD_ANSWER_TTL_S / 2:
+            granted = await asyncio.to_thread(self.core.store.grant_lease, ADD_ANSWER_TTL_S)
+            lease = self._answer_lease = (granted.lease_id, loop.time())
+        return lease[0]
+
     # -- waking waiters --------------------------------------------------------------
-    def _event(self, rendezvous_id: str) -> asyncio.Event:
-        event = self._changed.get(rendezvous_id)
+    def _event(self, rendezvous_id: str, key: str) -> asyncio.Event:
+        event = self._changed.get((rendezvous_id, key))
         if event is None:
-            event = self._changed[rendezvous_id] = asyncio.Event()
+            event = self._changed[(rendezvous_id, key)] = asyncio.Event()
         return event
 
-    def _wake(self, rendezvous_id: str) -> None:
-        event = self._changed.pop(rendezvous_id, None)
-        if event is not None:
-            event.set()
+    def _wake(self, rendezvous_id: str, keys: list[str]) -> None:
+        for key in keys:
+            event = self._changed.pop((rendezvous_id, key), None)
+            if event is not None:
+                event.set()
 
     def wake_all(self) -> None:
         """The term is over: every waiter re-checks, and learns it is NOT_LEADER."""
-        events, self._changed = list(self._changed.values()), {}
+        events = list(self._changed.values())
+        self._changed.clear()
         for event in events:
             event.set()
 

@@ -18,11 +18,13 @@ import grpc
 import pytest
 
 from dtr.chaos.cluster import LocalCluster
+from dtr.coordinator.rendezvous import ADD_ANSWER_TTL_S
 from dtr.etcd import RunningEtcd
-from dtr.keys import MAX_RENDEZVOUS_VALUE_BYTES
+from dtr.keys import MAX_RENDEZVOUS_VALUE_BYTES, JobKeys
 from dtr.proto import LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
+from dtr.store import EtcdStore
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +109,21 @@ def test_add_is_once_per_request_id(leader: pb_grpc.CoordinatorStub) -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(results) == list(range(5, 13))
+
+
+def test_add_answers_expire_with_a_lease(cluster: LocalCluster, etcd: RunningEtcd) -> None:
+    with grpc.insecure_channel(cluster.leader().address) as channel:
+        request = pb.RendezvousStoreAddRequest(
+            header=header("kept-for-retries"), rendezvous_id="run", key="n", delta=1
+        )
+        pb_grpc.CoordinatorStub(channel).RendezvousStoreAdd(request, timeout=10)
+    keys = JobKeys(cluster.job)
+    with EtcdStore(etcd.endpoints) as store:
+        answer = store.get(keys.rendezvous_add("run", "kept-for-retries"))
+        counter = store.get(keys.rendezvous_store("run", "n"))
+        assert answer is not None and answer.value == b"1" and answer.lease_id != 0
+        assert 0 < (store.lease_ttl(answer.lease_id) or 0) <= ADD_ANSWER_TTL_S
+        assert counter is not None and counter.lease_id == 0  # the store's keys stay
 
 
 def test_store_read_waits_for_the_write(leader: pb_grpc.CoordinatorStub) -> None:

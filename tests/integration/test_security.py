@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -341,3 +342,46 @@ def test_dtr_status_speaks_tls_with_an_admin_token_and_a_worker_token_is_one_lin
     assert WORKER_TOKEN not in refused.stderr + refused.stdout  # secrets never printed
     plaintext = dtr("status", "--coordinator", tokens.address, "--timeout-s", "2")
     assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+
+
+# --- torchrun rendezvous over TLS and tokens -----------------------------------------
+
+
+def rendezvous_params(replica: Replica, **conf: str) -> Any:
+    from torch.distributed.elastic.rendezvous.api import RendezvousParameters
+
+    return RendezvousParameters(
+        backend="dtr",
+        endpoint=replica.address,
+        run_id=f"run-{uuid.uuid4().hex[:8]}",
+        min_nodes=1,
+        max_nodes=1,
+        local_addr="127.0.0.1",
+        job=replica.job,
+        connect_timeout="20",
+        **conf,
+    )
+
+
+def test_torchrun_rendezvous_uses_tls_and_a_worker_token(
+    tokens: Replica, pki: Pki, tmp_path: Path
+) -> None:
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+    from dtr.worker.rendezvous import create_rdzv_handler
+
+    token_file = tmp_path / "token"
+    token_file.write_text(WORKER_TOKEN + "\n")
+    token_file.chmod(0o600)
+    ca = str(pki.good / "ca.pem")
+    handler = create_rdzv_handler(rendezvous_params(tokens, tls_ca=ca, token_file=str(token_file)))
+    info = handler.next_rendezvous()
+    assert (info.rank, info.world_size) == (0, 1)
+    assert handler.shutdown()
+
+    without_token = create_rdzv_handler(rendezvous_params(tokens, tls_ca=ca))
+    started = time.monotonic()
+    with pytest.raises(RendezvousError, match=r"(?i)unauthenticated|token") as refused:
+        without_token.next_rendezvous()
+    assert time.monotonic() - started < 10  # final: not retried for connect_timeout
+    assert WORKER_TOKEN not in str(refused.value)

@@ -42,6 +42,7 @@ class _Core:
         self.keys = SimpleNamespace(job="default")
         self.config = SimpleNamespace(heartbeat_interval_s=1.0, heartbeat_timeout_s=30.0)
         self.elector = SimpleNamespace(leader=lambda: None)
+        self.term_lost_listeners: list[Any] = []  # the servicer's rendezvous part hooks in
 
     async def register_worker(self, worker_id: str, capacity: float, **_: Any) -> Any:
         with self.metrics.etcd("write"):
