@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from dtr.errors import MembershipChanged, UnknownWorker
 from dtr.keys import JobKeys
-from dtr.store import Compare, Get, Op, Put
+from dtr.store import Compare, Delete, Get, KeyValue, Op, Put
 
 from .membership import WritePlan
 from .state import ClusterView
@@ -37,6 +37,20 @@ from .state import ClusterView
 _log = logging.getLogger(__name__)
 MAX_ARRIVALS_PER_TXN = 100
 MAX_MISSING_LISTED = 100
+#: Released barriers kept (in etcd and the leader's cache) for late retries of
+#: their arrivals, by default (``--keep-barriers``); older ones are deleted. A
+#: worker calls barriers one after another, so once this many newer ones were
+#: released with it as a member, it cannot be retrying this one any more.
+KEEP_RELEASED_BARRIERS = 256
+
+
+def retention_period(keep: int) -> int:
+    """Releases between retention passes (each lists every barrier key): a quarter of ``keep``."""
+    return max(1, keep // 4)
+
+
+#: Barriers forgotten per transaction: one compare and one delete each.
+FORGET_PER_TXN = 50
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,56 @@ def plan_arrivals(
     return WritePlan((guard,), tuple(ops), view), new
 
 
+@dataclass(frozen=True)
+class StoredBarrier:
+    """A barrier's state key as a retention pass lists it."""
+
+    name: str
+    generation: int
+    released: bool
+    mod_revision: int
+
+
+def stored_barriers(keys: JobKeys, kvs: Iterable[KeyValue]) -> list[StoredBarrier]:
+    """The barriers among the keys under ``barriers/`` (arrival keys are skipped)."""
+    found = []
+    for kv in kvs:
+        name = keys.last_segment(kv.key, keys.barriers_prefix)
+        if kv.key != keys.barrier_state(name):
+            continue
+        data = json.loads(kv.value)
+        found.append(
+            StoredBarrier(name, int(data["generation"]), bool(data["released"]), kv.mod_revision)
+        )
+    return found
+
+
+def barriers_to_forget(
+    stored: Iterable[StoredBarrier], generation: int, keep: int = KEEP_RELEASED_BARRIERS
+) -> list[StoredBarrier]:
+    """Released barriers beyond the newest ``keep``, and barriers that failed.
+
+    A barrier open for an older generation has failed (its waiters were told);
+    forgetting it changes nothing, since the next arrival reopens it afresh
+    either way. The newest releases are the highest mod revisions: a release
+    is a barrier's last write.
+    """
+    barriers = list(stored)
+    released = sorted((b for b in barriers if b.released), key=lambda b: -b.mod_revision)
+    failed = [b for b in barriers if not b.released and b.generation < generation]
+    return sorted([*released[keep:], *failed], key=lambda b: b.mod_revision)
+
+
+def forget_ops(keys: JobKeys, barriers: Iterable[StoredBarrier]) -> tuple[list[Compare], list[Op]]:
+    """Delete each barrier's keys, only if its state is as listed (not reopened since)."""
+    compares: list[Compare] = []
+    ops: list[Op] = []
+    for barrier in barriers:
+        compares.append(Compare.modified_at(keys.barrier_state(barrier.name), barrier.mod_revision))
+        ops.append(Delete(keys.barrier_prefix(barrier.name), prefix=True))
+    return compares, ops
+
+
 def encode_arrival(generation: int) -> bytes:
     return json.dumps({"generation": generation}).encode()
 
@@ -180,6 +244,16 @@ class Barriers:
                     state.generation,
                     view.generation,
                 )
+
+    def forget(self, barrier: StoredBarrier) -> None:
+        """Drop a deleted barrier from the cache, unless it was reopened here since."""
+        cached = self.states.get(barrier.name)
+        if (
+            cached is not None
+            and cached.generation == barrier.generation
+            and cached.released == barrier.released
+        ):
+            del self.states[barrier.name]
 
     def on_written(self, new: BarrierState, view: ClusterView) -> None:
         """A plan for ``new`` applied: cache it and wake the waiters if it released."""

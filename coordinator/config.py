@@ -64,6 +64,9 @@ class CoordinatorConfig:
       at once on the next endpoint.
     - ``keep_checkpoints``: how many complete checkpoint steps keep their
       records; older and abandoned steps are deleted by the leader.
+    - ``keep_barriers``: how many released barriers stay in etcd for late
+      retries; the leader deletes older ones (and failed ones) after every
+      quarter of this many releases (coordinator/barrier_retention.py).
     - ``tls_cert`` / ``tls_key``: serve TLS with this certificate and key;
       ``tls_client_ca``: also require client certificates signed by this CA
       (mutual TLS). ``token_file``: require bearer tokens (lines ``ROLE
@@ -91,6 +94,7 @@ class CoordinatorConfig:
     startup_timeout_s: float = 30.0
     shutdown_grace_s: float = 2.0
     keep_checkpoints: int = 3
+    keep_barriers: int = 256
     metrics_port: int | None = None
     log_format: str = "text"
     tls_cert: str | None = None
@@ -145,6 +149,10 @@ class CoordinatorConfig:
             raise InvalidArgument(
                 f"keep_checkpoints must be in [1, 1000]; got {self.keep_checkpoints}"
             )
+        if isinstance(self.keep_barriers, bool) or not isinstance(self.keep_barriers, int):
+            raise InvalidArgument(f"keep_barriers must be an integer; got {self.keep_barriers!r}")
+        if not 4 <= self.keep_barriers <= 100_000:
+            raise InvalidArgument(f"keep_barriers must be in [4, 100000]; got {self.keep_barriers}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise InvalidArgument(f"metrics_port must be in [1, 65535]; got {self.metrics_port}")
         if self.log_format not in LOG_FORMATS:

@@ -25,6 +25,7 @@ from dtr.keys import JobKeys
 from dtr.ring import assign_shards
 from dtr.store import Compare, EtcdStore, Get, Op, TxnResult
 
+from .barrier_retention import forget_barriers
 from .barriers import (
     MAX_ARRIVALS_PER_TXN,
     Barriers,
@@ -33,6 +34,7 @@ from .barriers import (
     check_arrival,
     plan_arrivals,
     reopened,
+    retention_period,
 )
 from .checkpoints import (
     CheckpointBook,
@@ -111,6 +113,8 @@ class Coordinator:
         self.checkpoints = CheckpointBook()
         self._retention: asyncio.Task[None] | None = None
         self._retention_due = False
+        self._releases_unretained = 0
+        self._barrier_retention: asyncio.Task[None] | None = None
         #: Called when this replica stops leading (rendezvous store waits end).
         self.term_lost_listeners: list[Callable[[], None]] = []
 
@@ -380,6 +384,18 @@ class Coordinator:
         view = await self._write(planner)
         if written:
             self.barriers.on_written(written[-1], view)
+            if written[-1].released:
+                self._releases_unretained += 1
+                if self._releases_unretained >= retention_period(self.config.keep_barriers) and (
+                    self._barrier_retention is None or self._barrier_retention.done()
+                ):
+                    self._barrier_retention = asyncio.create_task(self._retain_barriers())
+
+    async def _retain_barriers(self) -> None:
+        """Retention passes, one at a time, while releases came in during the last one."""
+        while self._releases_unretained >= retention_period(self.config.keep_barriers):
+            self._releases_unretained = 0
+            await forget_barriers(self)
 
     # -- checkpoints -------------------------------------------------------------
     async def commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:

@@ -159,3 +159,16 @@ def test_slow_s3_storage_slows_saves_and_every_complete_step_stays_whole(tmp_pat
             if any(f.healed_s and f.started_s <= at <= f.healed_s for f in slowed):
                 during.append(event.time - at)
     assert during and max(during) >= SLOW_STORAGE_DELAY_S, during
+
+
+def test_barriers_hold_while_the_leader_forgets_old_ones_through_leader_kills(
+    tmp_path: Path,
+) -> None:
+    # Keep only 4 released barriers, so a retention pass runs after every
+    # release: forgetting must never break a barrier its workers still use.
+    result = run("leader-crash-loop", 5, tmp_path, "--keep-barriers", "4")
+
+    assert result.passed, failures(result)
+    assert check(result, "barriers").checked > 8
+    logs = "".join(p.read_text() for p in (result.work_dir / "logs").glob("replica-*.log"))
+    assert "barrier retention: forgot" in logs

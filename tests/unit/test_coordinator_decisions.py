@@ -149,6 +149,9 @@ def test_the_lowest_create_revision_leads_and_fences_with_it() -> None:
         ({"job": "a/b"}, "job"),
         ({"etcd_timeout_s": float("nan")}, "etcd_timeout_s"),
         ({"metrics_port": 70000}, "metrics_port"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints"),
+        ({"keep_barriers": 3}, "keep_barriers"),
+        ({"keep_barriers": True}, "keep_barriers"),
     ],
 )
 def test_configs_that_cannot_work_are_refused_naming_the_field(
