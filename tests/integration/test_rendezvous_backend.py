@@ -337,6 +337,28 @@ def test_two_agents_complete_a_rendezvous_through_the_handler(cluster: LocalClus
             handler.shutdown()
 
 
+def test_the_state_stays_small_round_after_round(cluster: LocalCluster) -> None:
+    """torch prunes its state each round; stored here, it must not grow with rounds."""
+    run_id = unique_id()
+    handlers = [create_rdzv_handler(rdzv_params(cluster, run_id, 2)) for _ in range(2)]
+    client = CoordinatorClient(cluster.coordinators, job=cluster.job, caller_id="rdzv-test")
+    reader = DtrRendezvousBackend(client, run_id)
+    sizes: list[int] = []
+    try:
+        for _ in range(4):
+            infos = in_threads(2, lambda i: handlers[i].next_rendezvous())
+            assert {info.world_size for info in infos} == {2}
+            state = reader.get_state()
+            assert state is not None
+            sizes.append(len(state[0]))
+    finally:
+        for handler in handlers:
+            handler.shutdown()
+        client.close()
+    assert max(sizes) - min(sizes) < 64, sizes  # a round number's digits, not a history
+    assert max(sizes) < 4096, sizes
+
+
 def _has_dtr_entry_point() -> bool:
     return any(e.name == "dtr" for e in importlib.metadata.entry_points(group="torchrun.handlers"))
 

@@ -385,3 +385,40 @@ def test_torchrun_rendezvous_uses_tls_and_a_worker_token(
         without_token.next_rendezvous()
     assert time.monotonic() - started < 10  # final: not retried for connect_timeout
     assert WORKER_TOKEN not in str(refused.value)
+
+
+# --- deploy/healthcheck.py against TLS replicas ------------------------------------------
+
+
+def healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).resolve().parents[2] / "deploy" / "healthcheck.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_image_health_check_speaks_tls_and_mutual_tls(
+    tokens: Replica, mtls: Replica, pki: Pki
+) -> None:
+    ca = str(pki.good / "ca.pem")
+    client = pki.client()
+    # Server TLS (and tokens: the health service needs none).
+    assert healthcheck("--address", tokens.address, "--tls-ca", ca).returncode == 0
+    named = healthcheck("--address", tokens.address, "--tls-ca", ca, "--server-name", "localhost")
+    assert named.returncode == 0, named.stderr
+    plaintext = healthcheck("--address", tokens.address, "--timeout-s", "1")
+    assert plaintext.returncode == 1 and "unhealthy" in plaintext.stderr
+    # Mutual TLS: the client pair is required.
+    pair = ["--tls-cert", str(client.cert), "--tls-key", str(client.key)]
+    assert healthcheck("--address", mtls.address, "--tls-ca", ca, *pair).returncode == 0
+    no_pair = healthcheck("--address", mtls.address, "--tls-ca", ca, "--timeout-s", "1")
+    assert no_pair.returncode == 1 and "unhealthy" in no_pair.stderr
+    half = healthcheck("--address", mtls.address, "--tls-ca", ca, "--tls-cert", str(client.cert))
+    assert half.returncode == 2 and "--tls-key" in half.stderr
+    missing = healthcheck("--address", tokens.address, "--tls-ca", "/nonexistent/ca.pem")
+    assert missing.returncode == 1 and "/nonexistent/ca.pem" in missing.stderr
