@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 
 from dtr.errors import CoordinatorUnavailable, DtrError, NotLeader, StoreUnavailable
 from dtr.keys import JobKeys
-from dtr.ring import assign_shards
 from dtr.store import Compare, EtcdStore, Get, Op, TxnResult
 
 from .barrier_retention import forget_barriers
@@ -58,12 +57,12 @@ from .membership import (
     plan_register_dataset,
 )
 from .metrics import CoordinatorMetrics
+from .shard_cache import ShardCache
 from .state import ClusterView, DatasetRecord, MemberRecord, load_view
 from .validation import CheckpointCommit, CheckpointProgressReport
 
 _log = logging.getLogger(__name__)
 _STALE_RETRIES = 3
-_SHARD_CACHE_SIZE = 64
 
 
 @dataclass
@@ -104,9 +103,7 @@ class Coordinator:
         self._liveness: dict[str, Liveness] = {}
         self._write_lock = asyncio.Lock()
         self._takeover_lock = asyncio.Lock()
-        self._shard_cache: dict[tuple[int, str], dict[str, list[int]]] = {}
-        self._shard_bounds: dict[tuple[int, str], tuple[int, int]] = {}
-        self._shard_tasks: dict[tuple[int, str], asyncio.Future[dict[str, list[int]]]] = {}
+        self.shards = ShardCache()
         self._stale = False
         self.barriers = Barriers(keys)
         self._flusher: asyncio.Task[None] | None = None
@@ -462,44 +459,12 @@ class Coordinator:
         return await asyncio.to_thread(load_view, self.store, self.keys)
 
     async def assignment(self, view: ClusterView, dataset: DatasetRecord) -> dict[str, list[int]]:
-        """Shards of every live member, cached per (generation, dataset).
-
-        A miss computes the ring on a thread (about 30 ms for 1,000 members and
-        100,000 shards), so heartbeats keep flowing meanwhile, and concurrent
-        callers for the same generation share one computation.
-        """
-        key = (view.generation, dataset.name)
-        cached = self._shard_cache.get(key)
-        if cached is not None:
-            return cached
-        task = self._shard_tasks.get(key)
-        if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(_assign, view, dataset))
-            self._shard_tasks[key] = task
-        try:
-            result = await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._shard_tasks.pop(key, None)
-        if len(self._shard_cache) >= _SHARD_CACHE_SIZE:
-            self._shard_cache.clear()
-            self._shard_bounds.clear()
-        self._shard_cache[key] = result
-        return result
+        """Shards of every live member of ``view`` (``shard_cache.ShardCache``)."""
+        return await self.shards.assignment(view, dataset)
 
     async def shard_bounds(self, view: ClusterView, dataset: DatasetRecord) -> tuple[int, int]:
-        """The most and fewest shards any live member holds; once per (generation, dataset).
-
-        Every GetShards answers them; counting over 1,000 members on each call
-        would put that loop on the hot path.
-        """
-        key = (view.generation, dataset.name)
-        bounds = self._shard_bounds.get(key)
-        if bounds is None:
-            assignment = await self.assignment(view, dataset)
-            counts = [len(assignment.get(member, ())) for member in view.live_members()] or [0]
-            bounds = self._shard_bounds[key] = (max(counts), min(counts))
-        return bounds
+        """The most and fewest shards any live member holds (``shard_cache.ShardCache``)."""
+        return await self.shards.bounds(view, dataset)
 
     def open_barriers(self, view: ClusterView) -> list[BarrierState]:
         """Barriers of the current generation still waiting (known to the leader only)."""
@@ -562,16 +527,3 @@ class Coordinator:
             f"leader term {term.revision}: declared dead {', '.join(dead)}; "
             f"generation {view.generation}"
         )
-
-
-def _assign(view: ClusterView, dataset: DatasetRecord) -> dict[str, list[int]]:
-    members = view.live_members()
-    if not members:
-        return {}
-    return assign_shards(
-        members,
-        dataset.name,
-        dataset.num_shards,
-        vnodes=dataset.vnodes,
-        load_factor=dataset.load_factor,
-    )
