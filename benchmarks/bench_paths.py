@@ -1,8 +1,10 @@
-"""Where benchmark results go, and how a results file names the command that made it."""
+"""Where benchmark results go, and what every results file says about the run that made it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -17,3 +19,14 @@ def command_line() -> str:
     shown = os.path.relpath(python, REPO) if REPO in python.parents else str(python)
     script = os.path.relpath(Path(sys.argv[0]).resolve(), REPO)
     return shlex.join([shown, script, *sys.argv[1:]])
+
+
+def run_facts() -> dict[str, object]:
+    """When, where and how a benchmark ran: the first keys of every results file's meta."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "command": command_line(),
+    }

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -50,7 +48,7 @@ from typing import Any
 import boto3
 import moto
 import torch
-from bench_paths import RESULTS, command_line
+from bench_paths import RESULTS, run_facts
 from checkpoint_load import MatmulLoop, compute_lost, process_cpu_s
 from checkpoint_report import render
 from checkpoint_s3 import compare_uploads
@@ -303,17 +301,13 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     meta = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **run_facts(),
         "torch": torch.__version__,
         "boto3": boto3.__version__,
         "moto": moto.__version__,
         "etcd": measured.pop("etcd"),
         "file_system": file_system,
         "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30),
-        "command": command_line(),
         "quick": args.quick,
         "settings": dataclasses.asdict(s),
         "wall_s": time.monotonic() - started,

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import functools
 import json
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -45,7 +43,7 @@ import coordinator_load
 import coordinator_report
 import grpc
 import numpy as np
-from bench_paths import RESULTS, command_line
+from bench_paths import RESULTS, run_facts
 from google import protobuf
 
 from dtr.chaos.cluster import LocalCluster
@@ -394,16 +392,12 @@ def main() -> None:
     load_before = os.getloadavg()
     results = run(settings)
     meta: Result = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **run_facts(),
         "grpcio": grpc.__version__,
         "protobuf": protobuf.__version__,
         "numpy": np.__version__,
         "etcd": results.pop("etcd_version"),
         "cpus": results.pop("cpus"),
-        "command": command_line(),
         "wall_s": time.monotonic() - started,
         "loadavg_at_start": load_before,
         "settings": asdict(settings),

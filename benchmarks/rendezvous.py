@@ -43,12 +43,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import functools
 import gc
 import json
 import os
-import platform
 import socket
 import statistics
 import threading
@@ -60,7 +58,7 @@ from typing import Any
 
 import grpc
 import torch
-from bench_paths import RESULTS, command_line
+from bench_paths import RESULTS, run_facts
 from torch.distributed.elastic.rendezvous import (
     RendezvousHandler,
     RendezvousInfo,
@@ -485,14 +483,10 @@ def main() -> None:
     started, load_before = time.monotonic(), os.getloadavg()
     results = run(settings)
     meta: Result = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **run_facts(),
         "torch": torch.__version__,
         "grpcio": grpc.__version__,
         "etcd": results.pop("etcd_version"),
-        "command": command_line(),
         "wall_s": time.monotonic() - started,
         "loadavg_at_start": load_before,
         "loadavg_at_end": os.getloadavg(),

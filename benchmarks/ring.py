@@ -14,10 +14,7 @@ share ``num_shards * c / C``, so the columns also hold for unequal capacities.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +22,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
-from bench_paths import RESULTS, command_line
+from bench_paths import RESULTS, run_facts
 from numpy.typing import NDArray
 
 from dtr.ring import assign_shards, owner_array
@@ -243,12 +240,8 @@ def main() -> None:
     trade_rows = [measure(c, deadline) for c in tradeoff_cases()]
     large = large_rows()
     meta: dict[str, object] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **run_facts(),
         "numpy": np.__version__,
-        "command": command_line(),
         "wall_s": time.monotonic() - started,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

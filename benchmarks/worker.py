@@ -45,13 +45,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import gc
 import itertools
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -63,7 +61,7 @@ from typing import Any
 
 import grpc
 import torch
-from bench_paths import RESULTS, command_line
+from bench_paths import RESULTS, run_facts
 from coordinator_report import verdict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch import nn
@@ -659,15 +657,11 @@ def main() -> None:
     started, load_before = time.monotonic(), os.getloadavg()
     results = run(settings)
     meta: Result = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **run_facts(),
         "torch": torch.__version__,
         "grpcio": grpc.__version__,
         "etcd": results.pop("etcd_version"),
         "cpus": results.pop("cpus"),
-        "command": command_line(),
         "wall_s": time.monotonic() - started,
         "loadavg_at_start": load_before,
         "loadavg_at_end": os.getloadavg(),
