@@ -25,9 +25,11 @@ from dtr.errors import (
     NotFound,
     NotLeader,
     PermissionDenied,
+    StaleIncarnation,
     StoreUnavailable,
     Unauthenticated,
     WrongJob,
+    WrongJobLife,
 )
 
 STATUS_CODES: Mapping[type[DtrError], grpc.StatusCode] = {
@@ -36,6 +38,8 @@ STATUS_CODES: Mapping[type[DtrError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     NotLeader: grpc.StatusCode.FAILED_PRECONDITION,
     WrongJob: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongJobLife: grpc.StatusCode.FAILED_PRECONDITION,
+    StaleIncarnation: grpc.StatusCode.FAILED_PRECONDITION,
     MembershipChanged: grpc.StatusCode.ABORTED,
     BarrierTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,

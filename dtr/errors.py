@@ -107,6 +107,39 @@ class BarrierTimeout(DtrError):
     """A barrier was not released before the caller's timeout."""
 
 
+class BarrierMissed(DtrError):
+    """The barrier was released without this incarnation, and will never be again.
+
+    The worker was dead, not yet registered, or an older process of its id
+    when the others passed it: it did not synchronize with them there, so
+    training on as if it had would diverge. Not a ``MembershipChanged`` on
+    purpose: calling the barrier again gives the same answer. The remedy is
+    to resume from the latest complete checkpoint (``CheckpointManager.
+    load_latest``) and continue the loop from that step.
+    """
+
+
+class StaleIncarnation(DtrError):
+    """A call came from an older incarnation of a worker id than the one registered.
+
+    The process is the leftover half of a restart; its arrivals, parts and
+    commits never count for the newer incarnation.
+    """
+
+    kind = "stale-incarnation"
+
+
+class WrongJobLife(DtrError):
+    """A commit record was made for another life of this job name.
+
+    A job name reused after its etcd prefix was wiped, or on another etcd
+    cluster, is a new job life; records queued for the old one are set aside
+    by the worker, never replayed into the new one.
+    """
+
+    kind = "wrong-job-life"
+
+
 class CheckpointError(DtrError):
     """A checkpoint could not be written, verified, committed or loaded."""
 

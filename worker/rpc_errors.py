@@ -28,9 +28,11 @@ from dtr.errors import (
     NotFound,
     NotLeader,
     PermissionDenied,
+    StaleIncarnation,
     Unauthenticated,
     UnknownWorker,
     WrongJob,
+    WrongJobLife,
 )
 from dtr.proto import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY
 from dtr.retry import is_retryable, status_code, trailing_metadata
@@ -38,7 +40,15 @@ from dtr.retry import is_retryable, status_code, trailing_metadata
 #: ``dtr-error`` kinds, checked before the status code.
 ERROR_FOR_KIND: Mapping[str, type[DtrError]] = {
     cls.kind: cls
-    for cls in (NotLeader, WrongJob, UnknownWorker, Unauthenticated, PermissionDenied)
+    for cls in (
+        NotLeader,
+        WrongJob,
+        UnknownWorker,
+        Unauthenticated,
+        PermissionDenied,
+        StaleIncarnation,
+        WrongJobLife,
+    )
     if cls.kind
 }
 

@@ -148,6 +148,7 @@ class Worker:
         self.job = self._client.job
         self._lock = threading.Lock()
         self._incarnation = 0
+        self._job_life = ""
         self.heartbeat_timeout_s = 0.0
         self._superseded = False
         self._closed = False
@@ -186,6 +187,15 @@ class Worker:
         return self._incarnation
 
     @property
+    def job_life(self) -> str:
+        """The job life this worker registered into (``"<etcd cluster id>/<job uid>"``).
+
+        Empty when the coordinator predates job lives. Local state made for
+        one life (queued commit records) must never be replayed into another.
+        """
+        return self._job_life
+
+    @property
     def generation(self) -> int:
         """The newest membership generation any coordinator answer carried."""
         return self._client.generation
@@ -218,6 +228,7 @@ class Worker:
             mutating=True,
         )
         self._incarnation = response.incarnation
+        self._job_life = response.job_life
         self.heartbeat_timeout_s = response.heartbeat_timeout_s
         _log.info(
             "worker %s registered as incarnation %d (generation %d, leader %s)",
@@ -441,6 +452,7 @@ class Worker:
                     worker_id=self.worker_id,
                     generation=self.generation if generation is None else generation,
                     timeout_s=poll_s,
+                    incarnation=self._incarnation,
                 ),
                 operation=f"barrier {name!r}",
                 mutating=True,

@@ -37,6 +37,7 @@ class BarrierStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BARRIER_STATUS_MEMBERSHIP_CHANGED: _ClassVar[BarrierStatus]
     BARRIER_STATUS_TIMEOUT: _ClassVar[BarrierStatus]
     BARRIER_STATUS_WAITING: _ClassVar[BarrierStatus]
+    BARRIER_STATUS_MISSED: _ClassVar[BarrierStatus]
 
 class CommitStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -63,6 +64,7 @@ BARRIER_STATUS_RELEASED: BarrierStatus
 BARRIER_STATUS_MEMBERSHIP_CHANGED: BarrierStatus
 BARRIER_STATUS_TIMEOUT: BarrierStatus
 BARRIER_STATUS_WAITING: BarrierStatus
+BARRIER_STATUS_MISSED: BarrierStatus
 COMMIT_STATUS_UNSPECIFIED: CommitStatus
 COMMIT_STATUS_ACCEPTED: CommitStatus
 COMMIT_STATUS_DUPLICATE: CommitStatus
@@ -190,18 +192,20 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., capacity: _Optional[float] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("header", "worker_id", "incarnation", "heartbeat_interval_s", "heartbeat_timeout_s")
+    __slots__ = ("header", "worker_id", "incarnation", "heartbeat_interval_s", "heartbeat_timeout_s", "job_life")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    JOB_LIFE_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     worker_id: str
     incarnation: int
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ...) -> None: ...
+    job_life: str
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., job_life: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("header", "beat")
@@ -320,18 +324,20 @@ class GetShardsResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., shard_ids: _Optional[_Iterable[int]] = ..., generation: _Optional[int] = ..., num_shards: _Optional[int] = ..., num_members: _Optional[int] = ..., max_member_shards: _Optional[int] = ..., min_member_shards: _Optional[int] = ...) -> None: ...
 
 class BarrierRequest(_message.Message):
-    __slots__ = ("header", "name", "worker_id", "generation", "timeout_s")
+    __slots__ = ("header", "name", "worker_id", "generation", "timeout_s", "incarnation")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     name: str
     worker_id: str
     generation: int
     timeout_s: float
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., name: _Optional[str] = ..., worker_id: _Optional[str] = ..., generation: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., name: _Optional[str] = ..., worker_id: _Optional[str] = ..., generation: _Optional[int] = ..., timeout_s: _Optional[float] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class BarrierResponse(_message.Message):
     __slots__ = ("header", "status", "barrier_generation", "arrived", "expected", "missing_worker_ids")
@@ -350,18 +356,22 @@ class BarrierResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., status: _Optional[_Union[BarrierStatus, str]] = ..., barrier_generation: _Optional[int] = ..., arrived: _Optional[int] = ..., expected: _Optional[int] = ..., missing_worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommitCheckpointRequest(_message.Message):
-    __slots__ = ("header", "step", "worker_id", "generation", "part")
+    __slots__ = ("header", "step", "worker_id", "generation", "part", "incarnation", "job_life")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    JOB_LIFE_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     step: int
     worker_id: str
     generation: int
     part: CheckpointPart
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., step: _Optional[int] = ..., worker_id: _Optional[str] = ..., generation: _Optional[int] = ..., part: _Optional[_Union[CheckpointPart, _Mapping]] = ...) -> None: ...
+    incarnation: int
+    job_life: str
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., step: _Optional[int] = ..., worker_id: _Optional[str] = ..., generation: _Optional[int] = ..., part: _Optional[_Union[CheckpointPart, _Mapping]] = ..., incarnation: _Optional[int] = ..., job_life: _Optional[str] = ...) -> None: ...
 
 class CommitCheckpointResponse(_message.Message):
     __slots__ = ("header", "status", "step_complete", "latest_complete_step")
