@@ -82,7 +82,9 @@ class Savers:
 
     def load_raw(self, step: int) -> None:
         """The bytes of dtr's part of ``step`` (read into memory, every page touched)."""
-        self.raw = memoryview(self.manager.storage.read(part_name(step, WORKER_ID)))
+        prefix = part_name(step, WORKER_ID).rsplit("/", 1)[0] + "/"
+        (name,) = self.manager.storage.list(prefix)  # one save of the step: one unique name
+        self.raw = memoryview(self.manager.storage.read(name))
 
     def clean_up(self) -> None:
         """Outside every timed window: commits acknowledged, old parts and copies deleted."""

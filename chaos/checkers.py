@@ -29,8 +29,8 @@ answer's ``ResponseHeader`` fields. Extra value keys are allowed and ignored.
 ``barrier`` (workers; invariant 2)
     invoke ``{"name", "generation"}`` (the generation the worker believes);
     ok ``{"name", "generation": BarrierResponse.barrier_generation}``;
-    fail ``{"name", "error": "MembershipChanged" | "BarrierTimeout" |
-    "CoordinatorUnavailable"}``; info ``{"name"}``.
+    fail ``{"name", "error": "MembershipChanged" | "BarrierMissed" |
+    "BarrierTimeout" | "CoordinatorUnavailable"}``; info ``{"name"}``.
 ``membership`` (harness, from status polls; invariants 2 and 3)
     A single ``ok`` per poll (an invoke is optional): ``value =
     {"generation": G, "members": [ids of the live workers of G]}``.

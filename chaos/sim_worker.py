@@ -15,8 +15,11 @@ few hundred bytes (``sim_checkpoint.py``), commit records stay in memory
    answers), then the steps (``train``);
 3. after each block: ``save`` the part, queue its commit, and meet the others
    at barrier ``step-<n>``, arriving again under the new generation whenever
-   membership moved, until the barrier timeout; any other barrier failure is
-   recorded and training goes on, as in the real chaos workload;
+   membership moved, until the barrier timeout. A barrier released without
+   this incarnation (MISSED) is final: the worker loads the latest complete
+   step if it is ahead of its own and otherwise trains on, as the real chaos
+   workload does (docs/concepts.md, Barrier); any other barrier failure is
+   recorded and training goes on;
 4. at the end: wait until every commit is answered, meet the others at
    barrier ``done`` (a member that left early would bump the generation and
    leave the last steps forever incomplete), and deregister.
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtr.errors import (
+    BarrierMissed,
     BarrierTimeout,
     CheckpointError,
     CoordinatorUnavailable,
@@ -218,7 +222,18 @@ class SimWorker:
             self.recorder.event("ok", "train", {"step": step})
             if step % settings.save_every == 0:
                 await self._save(step)
-                await self._barrier(f"step-{step}")
+                if await self._barrier(f"step-{step}"):
+                    step = self.step = await self._catch_up(step)
+
+    async def _catch_up(self, step: int) -> int:
+        """After a missed barrier: the latest loadable step if ahead of ``step``, else ``step``.
+
+        Never going back ends the loop: the barriers a restarted worker
+        replays were released without its new incarnation, and reloading the
+        same older step at each of them would replay them forever.
+        """
+        latest = await self._load()
+        return latest if latest > step else step
 
     async def _fetch_shards(self, epoch: int) -> None:
         """This epoch's shards, recorded as ``get_shards``; the cached ones when nobody answers."""
@@ -296,12 +311,13 @@ class SimWorker:
         self.recorder.event("ok", "save", {"step": step}, op_id)
 
     # -- barriers -----------------------------------------------------------------------
-    async def _barrier(self, name: str) -> None:
+    async def _barrier(self, name: str) -> bool:
         """Arrive at ``name`` until released, arriving again while membership moves.
 
+        True when the barrier was released without this incarnation (final).
         Gives up (recorded, training goes on) at the barrier timeout, on any
         other failure, or when membership changed without a newer generation
-        to arrive under (the barrier was released without this worker).
+        to arrive under.
         """
         deadline = time.monotonic() + self.settings.barrier_timeout_s
         while True:
@@ -311,9 +327,11 @@ class SimWorker:
             except MembershipChanged:
                 if self.member.generation > believed and time.monotonic() < deadline:
                     continue
+            except BarrierMissed:
+                return True
             except DtrError:
                 pass
-            return
+            return False
 
     async def _arrive(self, name: str, believed: int, deadline: float) -> int:
         """One recorded arrival under generation ``believed``; the released generation."""
@@ -339,6 +357,11 @@ class SimWorker:
             last = await self._poll(name, believed, min(remaining, BARRIER_POLL_S), remaining)
             if last.status == pb.BARRIER_STATUS_RELEASED:
                 return int(last.barrier_generation)
+            if last.status == pb.BARRIER_STATUS_MISSED:
+                raise BarrierMissed(
+                    f"barrier {name!r} was released without this worker (incarnation "
+                    f"{self.member.incarnation})"
+                )
             if last.status == pb.BARRIER_STATUS_MEMBERSHIP_CHANGED:
                 raise MembershipChanged(
                     f"barrier {name!r}: membership changed before release (now generation "
@@ -359,7 +382,11 @@ class SimWorker:
             response: pb.BarrierResponse = await self.member.call(
                 "Barrier",
                 lambda: pb.BarrierRequest(
-                    name=name, worker_id=self.worker_id, generation=believed, timeout_s=poll_s
+                    name=name,
+                    worker_id=self.worker_id,
+                    generation=believed,
+                    timeout_s=poll_s,
+                    incarnation=self.member.incarnation,
                 ),
                 operation=f"barrier {name!r}",
                 mutating=True,

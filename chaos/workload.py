@@ -23,17 +23,19 @@ set by the machine's speed; with it, ``steps x step time`` sizes a run that
 lasts as long as the chaos schedule, on any machine.
 
 Workers keep in step the way data-parallel ranks do: a barrier named after
-the step (``step-<n>``) follows every save, so a worker that restarts from
-the latest complete step replays steps whose barriers were already released
-(a released barrier stays released) and meets the others at the step where
-they wait. On ``MembershipChanged`` a worker arrives again under the new
-generation, as ``Worker.barrier`` asks; any other barrier failure is recorded
-and training goes on.
+the step (``step-<n>``) follows every save. ``Worker.barrier`` arrives again
+by itself when membership moves before the release. A barrier released
+without this worker (it restarted, or was declared dead and came back)
+answers ``BarrierMissed``: the worker then loads the latest complete step if
+it is ahead of its own (recorded as ``load``) and otherwise replays on, so it
+meets the others at the step where they wait — the one loop pattern of
+docs/concepts.md. Any other barrier failure is recorded and training goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -45,7 +47,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from dtr.errors import DtrError, MembershipChanged
+from dtr.errors import BarrierMissed, DtrError
 from dtr.proto import coordinator_pb2 as pb
 from dtr.worker import CheckpointManager, SaveResult, ShardSampler, Worker
 from dtr.worker.commit_flusher import CommitAck
@@ -53,10 +55,10 @@ from dtr.worker.commit_queue import CommitRecord
 
 from .history import Event, EventType, History
 
+_log = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
 FEATURES, CLASSES, SHARD_SIZE = 16, 4, 32
-#: Arrivals at one barrier at most: each membership change costs one more.
-BARRIER_ATTEMPTS = 5
 
 
 class Recorder:
@@ -145,12 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             ) as manager,
         ):
             train(args, worker, manager, recorder)
-            manager.wait(timeout_s=120)
+            _drain(manager)
             # Leave together: a member that deregisters before the others'
             # commits of the last steps arrive bumps the generation, and
             # those steps can then never complete.
             _barrier(worker, recorder, "done", args.barrier_timeout_s)
     return 0
+
+
+def _drain(manager: CheckpointManager) -> None:
+    """Wait until every save is durable and every commit answered.
+
+    ``wait()`` raises the first save that failed since the last call (a full
+    disk, under chaos): those are recorded as ``fail`` by ``_save`` already
+    and expected here, so wait once more for the commits of the others.
+    """
+    try:
+        manager.wait(timeout_s=120)
+    except DtrError as err:
+        _log.info("a save failed earlier (recorded): %s; waiting for the commits", err)
+        manager.wait(timeout_s=120)
 
 
 def _write_recorder(recorder: Recorder) -> Callable[[str, str, pb.ResponseHeader, bool], None]:
@@ -183,9 +199,7 @@ def train(
         torch.nn.Linear(FEATURES, 32), torch.nn.ReLU(), torch.nn.Linear(32, CLASSES)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    state, step = recorder.call(
-        "load", {}, lambda: manager.load_latest(default=(None, 0)), lambda r: {"step": r[1] or None}
-    )
+    state, step = _load(manager, recorder)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["opt"])
@@ -212,10 +226,42 @@ def train(
             if step % args.save_every == 0:
                 state = {"model": model.state_dict(), "opt": optimizer.state_dict()}
                 _save(manager, recorder, state, step)
-                _barrier(worker, recorder, f"step-{step}", args.barrier_timeout_s)
+                if _barrier(worker, recorder, f"step-{step}", args.barrier_timeout_s):
+                    resumed = _catch_up(manager, recorder, model, optimizer, step)
+                    if resumed > step:  # further on: a fresh pass over this worker's shards
+                        step = resumed
+                        break
             if step >= args.steps or STOPPING.is_set():
                 break
         epoch += 1
+
+
+def _load(manager: CheckpointManager, recorder: Recorder) -> Any:
+    """``(state, step)`` of the latest complete step (recorded as ``load``), else ``(None, 0)``."""
+    return recorder.call(
+        "load", {}, lambda: manager.load_latest(default=(None, 0)), lambda r: {"step": r[1] or None}
+    )
+
+
+def _catch_up(
+    manager: CheckpointManager,
+    recorder: Recorder,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+) -> int:
+    """After a missed barrier: the latest complete step if it is ahead (loaded), else ``step``.
+
+    Never going back is what ends the loop: a restarted worker replays steps
+    whose barriers were released without its new incarnation, and reloading
+    the same older step at each of them would replay them forever.
+    """
+    state, latest = _load(manager, recorder)
+    if latest <= step:
+        return step
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["opt"])
+    return int(latest)
 
 
 def _record_assignment(recorder: Recorder, sampler: ShardSampler, epoch: int) -> None:
@@ -249,25 +295,26 @@ def _save(manager: CheckpointManager, recorder: Recorder, state: dict[str, Any],
     future.add_done_callback(done)
 
 
-def _barrier(worker: Worker, recorder: Recorder, name: str, timeout_s: float) -> None:
-    """Arrive at ``name``; again under the new generation after a membership change.
+def _barrier(worker: Worker, recorder: Recorder, name: str, timeout_s: float) -> bool:
+    """Arrive at ``name`` (recorded); True if it was released without this worker.
 
-    Every attempt is recorded; failures are expected under chaos, so none
-    stops training.
+    ``Worker.barrier`` arrives again by itself after membership changes, so
+    one call is one recorded operation. Failures are expected under chaos:
+    none stops training, and a missed barrier is never retried (the answer
+    is final); the caller decides whether to resume from a checkpoint.
     """
-    for _ in range(BARRIER_ATTEMPTS):
-        try:
-            recorder.call(
-                "barrier",
-                {"name": name, "generation": worker.generation},
-                lambda: worker.barrier(name, timeout_s=timeout_s),
-                lambda generation: {"name": name, "generation": generation},
-            )
-        except MembershipChanged:
-            continue
-        except DtrError:
-            return
-        return
+    try:
+        recorder.call(
+            "barrier",
+            {"name": name, "generation": worker.generation},
+            lambda: worker.barrier(name, timeout_s=timeout_s),
+            lambda generation: {"name": name, "generation": generation},
+        )
+    except BarrierMissed:
+        return True
+    except DtrError:
+        pass
+    return False
 
 
 if __name__ == "__main__":

@@ -15,9 +15,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from dtr.errors import DtrError
-from dtr.store import Get
 
-from .barriers import FORGET_PER_TXN, barriers_to_forget, forget_ops, stored_barriers
+from .barriers import (
+    FORGET_PER_TXN,
+    StoredBarrier,
+    barriers_to_forget,
+    forget_ops,
+    stored_barriers,
+)
+from .listing import iter_prefix
 
 if TYPE_CHECKING:
     from .leader import Coordinator
@@ -25,14 +31,24 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
+def _list_barriers(core: Coordinator) -> list[StoredBarrier]:
+    """Every barrier's state key, page by page (``listing.py``: the arrivals are most keys)."""
+    keys = core.keys
+
+    def past_arrivals(key: str) -> str | None:
+        # A barrier's arrival keys sort before its state key: jump past them.
+        name = keys.last_segment(key, keys.barriers_prefix)
+        arrivals = keys.barrier_arrivals_prefix(name)
+        return arrivals if key.startswith(arrivals) else None
+
+    kvs = iter_prefix(core.store, keys.barriers_prefix, skip_after=past_arrivals)
+    return stored_barriers(keys, kvs)
+
+
 async def forget_barriers(core: Coordinator) -> int:
     """One retention pass; returns how many barriers it deleted (errors are logged)."""
     try:
-        listed = await asyncio.to_thread(
-            core.store.txn, [], [Get(core.keys.barriers_prefix, prefix=True)]
-        )
-        kvs = listed.results[0] if isinstance(listed.results[0], tuple) else ()
-        stored = stored_barriers(core.keys, kvs)
+        stored = await asyncio.to_thread(_list_barriers, core)
         generation = (await core.read_view()).generation
         forget = barriers_to_forget(stored, generation, core.config.keep_barriers)
         forgotten = 0

@@ -9,6 +9,14 @@ generation reopens it, counting only arrivals made for that generation.
 Failing needs no write — "open for an old generation" *is* failed — so a
 failure can never be lost.
 
+Arrivals are bound to incarnations: each arrival key records the arriving
+worker's incarnation, and a new incarnation of a live id moves the
+generation (``membership.py``), so an arrival made by a process that has
+since been replaced never counts for its successor. A barrier that was
+released without the caller's incarnation answers ``missed``: terminal for
+that name, the worker resumes from the latest complete checkpoint
+(``dtr.errors.BarrierMissed``).
+
 Arrivals and the release are in etcd (DESIGN §5 invariant 2), so a barrier
 survives a leader crash: the new leader re-reads it, and a worker retrying
 its arrival writes the same key again, so it is never counted twice.
@@ -24,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dtr.errors import MembershipChanged, UnknownWorker
+from dtr.errors import MembershipChanged, StaleIncarnation, UnknownWorker
 from dtr.keys import JobKeys
 from dtr.store import Compare, Delete, Get, KeyValue, Op, Put
 
@@ -57,7 +65,7 @@ FORGET_PER_TXN = 50
 class Outcome:
     """What a waiter learns: released, failed (membership changed) or still waiting."""
 
-    status: str  # "released", "membership_changed" or "waiting"
+    status: str  # "released", "membership_changed", "waiting" or "missed"
     generation: int
     arrived: int
     expected: int
@@ -71,18 +79,24 @@ class BarrierState:
     name: str
     generation: int
     released: bool = False
-    arrived: set[str] = field(default_factory=set)
+    #: worker id → the incarnation that arrived (0: recorded before incarnations were).
+    arrived: dict[str, int] = field(default_factory=dict)
     stored: bytes | None = None  # the state key's value in etcd; None if absent
     done: asyncio.Future[Outcome] | None = None
 
     def encode(self) -> bytes:
         return json.dumps({"generation": self.generation, "released": self.released}).encode()
 
+    def has_arrival_of(self, worker_id: str, incarnation: int) -> bool:
+        """Whether this incarnation (0: any) of ``worker_id`` arrived."""
+        arrived = self.arrived.get(worker_id)
+        return arrived is not None and (arrived == incarnation or 0 in (arrived, incarnation))
+
     def outcome(self, view: ClusterView) -> Outcome:
         current = view.generation == self.generation
         expected = set(view.live_members()) if current else set()
         status = "released" if self.released else ("waiting" if current else "membership_changed")
-        missing = tuple(sorted(expected - self.arrived)[:MAX_MISSING_LISTED])
+        missing = tuple(sorted(expected - self.arrived.keys())[:MAX_MISSING_LISTED])
         return Outcome(status, self.generation, len(self.arrived), len(expected), missing)
 
 
@@ -94,7 +108,11 @@ def decode_state(
         return None
     data = json.loads(value)
     generation = int(data["generation"])
-    arrived = {w for w, v in arrivals if int(json.loads(v)["generation"]) == generation}
+    arrived: dict[str, int] = {}
+    for worker_id, raw in arrivals:
+        arrival = json.loads(raw)
+        if int(arrival["generation"]) == generation:
+            arrived[worker_id] = int(arrival.get("incarnation", 0))
     return BarrierState(name, generation, bool(data["released"]), arrived, stored=value)
 
 
@@ -108,8 +126,13 @@ def reopened(state: BarrierState | None, name: str, view: ClusterView) -> Barrie
 def plan_arrivals(
     keys: JobKeys, view: ClusterView, state: BarrierState, workers: Iterable[str]
 ) -> tuple[WritePlan, BarrierState]:
-    """Record arrivals (opening the barrier if needed) and release it if now complete."""
-    new = BarrierState(state.name, state.generation, state.released, set(state.arrived))
+    """Record arrivals (opening the barrier if needed) and release it if now complete.
+
+    Each arrival is stamped with the worker's incarnation in ``view``: the
+    caller checked it against the request, and a restart since moved the
+    generation, so the planner refuses this state before getting here.
+    """
+    new = BarrierState(state.name, state.generation, state.released, dict(state.arrived))
     state_key = keys.barrier_state(state.name)
     guard = (
         Compare.value_is(state_key, state.stored)
@@ -117,10 +140,13 @@ def plan_arrivals(
         else Compare.absent(state_key)
     )
     ops: list[Op] = []
-    for worker_id in sorted(set(workers) - new.arrived):
-        ops.append(Put(keys.barrier_arrival(state.name, worker_id), encode_arrival(new.generation)))
-        new.arrived.add(worker_id)
-    new.released = set(view.live_members()) <= new.arrived
+    for worker_id in sorted(set(workers) - new.arrived.keys()):
+        member = view.members.get(worker_id)
+        incarnation = member.incarnation if member is not None else 0
+        arrival = encode_arrival(new.generation, incarnation)
+        ops.append(Put(keys.barrier_arrival(state.name, worker_id), arrival))
+        new.arrived[worker_id] = incarnation
+    new.released = set(view.live_members()) <= new.arrived.keys()
     if new.encode() != state.stored:
         ops.append(Put(state_key, new.encode()))
     new.stored = new.encode()
@@ -177,13 +203,59 @@ def forget_ops(keys: JobKeys, barriers: Iterable[StoredBarrier]) -> tuple[list[C
     return compares, ops
 
 
-def encode_arrival(generation: int) -> bytes:
-    return json.dumps({"generation": generation}).encode()
+def still_valid(
+    view: ClusterView, state: BarrierState, pending: Mapping[str, tuple[int, int]]
+) -> list[str]:
+    """The queued arrivals that may still be written for ``state``, sorted.
+
+    An arrival is checked when its call comes in but written later, in a
+    group; meanwhile its worker may have been replaced by a new incarnation
+    (which moved the generation) and the barrier reopened. Writing it then
+    would count the old process for the new one (DESIGN §5 invariant 2), so
+    only arrivals made for the barrier's generation by the worker's current,
+    live incarnation are written; the others' waiters were already told the
+    generation moved.
+    """
+    valid = []
+    for worker_id, (incarnation, generation) in pending.items():
+        member = view.members.get(worker_id)
+        if (
+            generation == state.generation
+            and member is not None
+            and member.alive
+            and member.incarnation == incarnation
+        ):
+            valid.append(worker_id)
+    return sorted(valid)
 
 
-def check_arrival(view: ClusterView, worker_id: str, believed_generation: int) -> None:
-    """Only live members arrive, and only for the generation the job is at."""
-    if worker_id not in view.live_members():
+def encode_arrival(generation: int, incarnation: int) -> bytes:
+    return json.dumps({"generation": generation, "incarnation": incarnation}).encode()
+
+
+def check_incarnation(view: ClusterView, worker_id: str, incarnation: int) -> None:
+    """Refuse a call from another incarnation than the member's (0: not given, allowed).
+
+    Any other number, not only a smaller one: a deregistered id starts again
+    at incarnation 1, so a leftover process may hold a larger number.
+    """
+    member = view.members.get(worker_id)
+    if incarnation and member is not None and incarnation != member.incarnation:
+        raise StaleIncarnation(
+            f"incarnation: worker {worker_id!r} incarnation {incarnation} was replaced by "
+            f"incarnation {member.incarnation}; this process must stop"
+        )
+
+
+def check_arrival(
+    view: ClusterView, worker_id: str, believed_generation: int, incarnation: int = 0
+) -> None:
+    """Only live members arrive, as their current incarnation, for the job's generation."""
+    check_incarnation(view, worker_id, incarnation)
+    member = view.members.get(worker_id)
+    if worker_id not in view.live_members() or (
+        incarnation and member is not None and incarnation != member.incarnation
+    ):
         raise UnknownWorker(
             f"worker_id: {worker_id!r} is not a live member of generation "
             f"{view.generation}; register it first"
@@ -201,7 +273,8 @@ class Barriers:
     def __init__(self, keys: JobKeys) -> None:
         self.keys = keys
         self.states: dict[str, BarrierState] = {}
-        self.pending: dict[str, set[str]] = {}
+        #: barrier → worker → (incarnation, generation) of an arrival not yet written.
+        self.pending: dict[str, dict[str, tuple[int, int]]] = {}
 
     def reset(self, error: Exception | None) -> None:
         """Forget the cache (new term, stale view); fail this term's waiters with ``error``."""

@@ -29,10 +29,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from dtr.errors import AlreadyExists
+from dtr.errors import AlreadyExists, WrongJobLife
 from dtr.keys import JobKeys
 from dtr.store import Compare, Delete, EtcdStore, Get, KeyValue, Op, Put
 
+from .listing import iter_prefix
 from .membership import WritePlan
 from .state import ClusterView
 from .validation import CheckpointCommit
@@ -82,21 +83,32 @@ class PartRecord:
 
 @dataclass(frozen=True)
 class CompleteRecord:
-    """A complete step: the generation it completed under and its workers (sorted)."""
+    """A complete step: the generation it completed under and how many members it had.
+
+    The members themselves are the step's part records of that generation.
+    Listing them here too (as records before this one did) made the record
+    grow with the job, written twice per completion (``complete/<step>`` and
+    ``latest``): at 10,000 workers with long ids, more than etcd's 1.5 MiB.
+    ``stored`` keeps the exact bytes read, for compare-and-set guards.
+    """
 
     step: int
     generation: int
-    workers: tuple[str, ...]
+    num_workers: int
+    stored: bytes | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"step": self.step, "generation": self.generation, "workers": list(self.workers)}
+            {"step": self.step, "generation": self.generation, "num_workers": self.num_workers}
         ).encode()
 
     @classmethod
     def decode(cls, value: bytes) -> CompleteRecord:
         raw = json.loads(value)
-        return cls(int(raw["step"]), int(raw["generation"]), tuple(raw["workers"]))
+        count = raw.get("num_workers")
+        if count is None:  # written before num_workers: a list of ids
+            count = len(raw.get("workers", ()))
+        return cls(int(raw["step"]), int(raw["generation"]), int(count), stored=bytes(value))
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,7 @@ def decode_step(
 def _latest_guard(keys: JobKeys, latest: CompleteRecord | None) -> Compare:
     if latest is None:
         return Compare.absent(keys.latest_checkpoint)
-    return Compare.value_is(keys.latest_checkpoint, latest.encode())
+    return Compare.value_is(keys.latest_checkpoint, latest.stored or latest.encode())
 
 
 def plan_commit(
@@ -151,6 +163,11 @@ def plan_commit(
     commit: CheckpointCommit,
 ) -> CommitDecision:
     """Decide a commit against the view, the step's state and ``latest``; no I/O."""
+    if commit.job_life and view.job_life and commit.job_life != view.job_life:
+        raise WrongJobLife(
+            f"job_life: the record was made for job life {commit.job_life!r}, this job is "
+            f"life {view.job_life!r} (the job was recreated); the worker sets it aside"
+        )
     record = PartRecord.of(commit)
     existing = state.parts.get(commit.worker_id)
     if existing is not None and existing.generation == commit.generation:
@@ -189,7 +206,7 @@ def _accept(
     current = {w for w, p in parts.items() if p.generation == view.generation}
     new_state = replace(state, parts=parts)
     if current >= set(view.live_members()):
-        done = CompleteRecord(state.step, view.generation, tuple(sorted(view.live_members())))
+        done = CompleteRecord(state.step, view.generation, len(view.live_members()))
         ops += [Put(keys.checkpoint_complete(state.step), done.encode())]
         ops += [Put(keys.latest_checkpoint, done.encode())]
         compares.append(Compare.absent(keys.checkpoint_complete(state.step)))
@@ -221,17 +238,22 @@ def plan_retention(
     return ops
 
 
-def _read(store: EtcdStore, prefix: str) -> tuple[KeyValue, ...]:
-    result = store.txn([], [Get(prefix, prefix=True)]).results[0]
-    return result if isinstance(result, tuple) else ()
-
-
 def retention_ops(store: EtcdStore, keys: JobKeys, keep: int) -> list[Op]:
-    """Read which steps have records and plan the deletions retention calls for."""
+    """Read which steps have records and plan the deletions retention calls for.
+
+    The steps are listed one key each (``listing.iter_prefix`` jumps over the
+    rest of a step's parts), so the reads stay small at any number of workers.
+    """
     complete = [
-        CompleteRecord.decode(kv.value).step for kv in _read(store, keys.checkpoint_complete_prefix)
+        CompleteRecord.decode(kv.value).step
+        for kv in iter_prefix(store, keys.checkpoint_complete_prefix)
     ]
-    parts = sorted({keys.step_of(kv.key) for kv in _read(store, keys.checkpoint_steps_prefix)})
+
+    def rest_of_step(key: str) -> str:
+        return keys.checkpoint_step_prefix(keys.step_of(key))
+
+    listed = iter_prefix(store, keys.checkpoint_steps_prefix, skip_after=rest_of_step)
+    parts = sorted({keys.step_of(kv.key) for kv in listed})
     return plan_retention(keys, complete, parts, keep)
 
 
@@ -245,14 +267,16 @@ def read_latest(
     generations at that step (an abandoned attempt) are left out.
     """
     complete = [
-        CompleteRecord.decode(kv.value) for kv in _read(store, keys.checkpoint_complete_prefix)
+        CompleteRecord.decode(kv.value)
+        for kv in iter_prefix(store, keys.checkpoint_complete_prefix)
     ]
     eligible = [c for c in complete if before_step is None or c.step < before_step]
     if not eligible:
         return None
     chosen = max(eligible, key=lambda c: c.step)
     parts = [
-        PartRecord.decode(kv.value) for kv in _read(store, keys.checkpoint_step_prefix(chosen.step))
+        PartRecord.decode(kv.value)
+        for kv in iter_prefix(store, keys.checkpoint_step_prefix(chosen.step))
     ]
     current = sorted(
         (p for p in parts if p.generation == chosen.generation), key=lambda p: p.worker_id

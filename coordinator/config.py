@@ -22,6 +22,10 @@ from dtr.security import TlsFiles, load_tls, read_token_table
 from dtr.store import parse_endpoints
 
 ETCD_MIN_TTL_S = 2  # etcd refuses or rounds up anything shorter
+#: One etcd read or write unless configured: a slow etcd (fsync stalls, a busy
+#: member) answers within about a second, with room to spare here; a dead
+#: member fails fast (connection refused) whatever the timeout.
+DEFAULT_ETCD_TIMEOUT_S = 1.5
 #: How the TLS messages of dtr.security name each file: the config's fields
 #: (which the CLI rewrites to flags).
 TLS_FIELD_NAMES = {"cert": "tls_cert", "key": "tls_key", "ca": "tls_client_ca"}
@@ -46,6 +50,11 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value is not None else None
 
 
+def _first(*values: float | None) -> float:
+    """The first value that is not None (the last one never is)."""
+    return next(v for v in values if v is not None)
+
+
 def _require(name: str, value: float, low: float, high: float) -> None:
     if not (math.isfinite(value) and low < value <= high):
         raise InvalidArgument(f"{name} must be a number in ({low}, {high}]; got {value!r}")
@@ -60,13 +69,25 @@ class CoordinatorConfig:
     - ``renew_deadline_s``: a leader that has not renewed its lease for this
       long stops accepting writes at once, before the lease can expire.
     - ``heartbeat_timeout_s``: a worker silent this long is declared dead.
-    - ``etcd_timeout_s``: one etcd request; short, because the caller retries
-      at once on the next endpoint.
+    - ``etcd_read_timeout_s`` / ``etcd_write_timeout_s``: one etcd read / one
+      write (a transaction, a lease grant or revoke). 1.5 s by default, not a
+      fast etcd's latency: a slow etcd is not a dead one (DESIGN §4), and a
+      write that times out has an unknown outcome the leader must re-read
+      and re-plan. ``etcd_keepalive_timeout_s``: one lease keep-alive;
+      default ``renew_deadline_s - keepalive_interval_s``, so a keep-alive
+      stuck on a dead member is given up (and the next one goes to the next
+      endpoint) early enough to renew within the deadline. Keep-alives are
+      sent every ``keepalive_interval_s`` whether or not earlier ones have
+      answered. ``etcd_timeout_s`` is the deprecated single setting: when
+      given, it is the default of the read and write timeouts.
     - ``keep_checkpoints``: how many complete checkpoint steps keep their
       records; older and abandoned steps are deleted by the leader.
     - ``keep_barriers``: how many released barriers stay in etcd for late
       retries; the leader deletes older ones (and failed ones) after every
       quarter of this many releases (coordinator/barrier_retention.py).
+    - ``rendezvous_idle_ttl_s``: a torchrun rendezvous's keys expire this
+      long after its last call, so a reused ``--rdzv-id`` starts a fresh round
+      (``coordinator/rendezvous.py``).
     - ``tls_cert`` / ``tls_key``: serve TLS with this certificate and key;
       ``tls_client_ca``: also require client certificates signed by this CA
       (mutual TLS). ``token_file``: require bearer tokens (lines ``ROLE
@@ -90,11 +111,15 @@ class CoordinatorConfig:
     renew_deadline_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     heartbeat_interval_s: float = 1.0
-    etcd_timeout_s: float = 0.2
+    etcd_timeout_s: float | None = None
+    etcd_read_timeout_s: float | None = None
+    etcd_write_timeout_s: float | None = None
+    etcd_keepalive_timeout_s: float | None = None
     startup_timeout_s: float = 30.0
     shutdown_grace_s: float = 2.0
     keep_checkpoints: int = 3
     keep_barriers: int = 256
+    rendezvous_idle_ttl_s: int = 60
     metrics_port: int | None = None
     log_format: str = "text"
     tls_cert: str | None = None
@@ -138,7 +163,7 @@ class CoordinatorConfig:
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be shorter than "
                 f"heartbeat_timeout_s ({self.heartbeat_timeout_s})"
             )
-        _require("etcd_timeout_s", self.etcd_timeout_s, 0.0, 60.0)
+        self._check_etcd_timeouts()
         _require("startup_timeout_s", self.startup_timeout_s, 0.0, 3600.0)
         _require("shutdown_grace_s", self.shutdown_grace_s, -1.0, 600.0)
         if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int):
@@ -153,12 +178,53 @@ class CoordinatorConfig:
             raise InvalidArgument(f"keep_barriers must be an integer; got {self.keep_barriers!r}")
         if not 4 <= self.keep_barriers <= 100_000:
             raise InvalidArgument(f"keep_barriers must be in [4, 100000]; got {self.keep_barriers}")
+        ttl = self.rendezvous_idle_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 10 <= ttl <= 86400:
+            raise InvalidArgument(
+                f"rendezvous_idle_ttl_s must be an integer in [10, 86400]; got {ttl!r}"
+            )
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise InvalidArgument(f"metrics_port must be in [1, 65535]; got {self.metrics_port}")
         if self.log_format not in LOG_FORMATS:
             raise InvalidArgument(f"log_format must be 'text' or 'json'; got {self.log_format!r}")
         self._check_security()
         self.etcd_security()
+
+    def _check_etcd_timeouts(self) -> None:
+        """Each etcd timeout in range; a keep-alive must be able to renew within the deadline."""
+        for name in ("etcd_timeout_s", "etcd_read_timeout_s", "etcd_write_timeout_s"):
+            value = getattr(self, name)
+            if value is not None:
+                _require(name, value, 0.0, 60.0)
+        if self.etcd_keepalive_timeout_s is not None:
+            _require(
+                "etcd_keepalive_timeout_s",
+                self.etcd_keepalive_timeout_s,
+                0.0,
+                self.renew_deadline_s,
+            )
+
+    @property
+    def read_timeout_s(self) -> float:
+        """One etcd read: ``etcd_read_timeout_s``, else ``etcd_timeout_s``, else 1.5 s."""
+        return _first(self.etcd_read_timeout_s, self.etcd_timeout_s, DEFAULT_ETCD_TIMEOUT_S)
+
+    @property
+    def write_timeout_s(self) -> float:
+        """One etcd write: ``etcd_write_timeout_s``, else ``etcd_timeout_s``, else 1.5 s."""
+        return _first(self.etcd_write_timeout_s, self.etcd_timeout_s, DEFAULT_ETCD_TIMEOUT_S)
+
+    @property
+    def keepalive_timeout_s(self) -> float:
+        """One lease keep-alive: what is left of the renew deadline after one interval.
+
+        A keep-alive answered after it was given up would have renewed the
+        lease as of its sending; waiting longer than this for one only delays
+        the retry on the next endpoint past the deadline.
+        """
+        if self.etcd_keepalive_timeout_s is not None:
+            return self.etcd_keepalive_timeout_s
+        return self.renew_deadline_s - self.keepalive_interval_s
 
     def _check_security(self) -> None:
         """Read and check every credential file now (they are read again when serving)."""

@@ -12,6 +12,19 @@ returns the term only while the last successful lease renewal is younger
 than ``renew_deadline_s``, which is shorter than the TTL, so a leader that
 cannot reach etcd stops accepting writes before its lease can expire.
 
+A slow etcd is not a dead etcd (DESIGN §4). Keep-alives are sent every
+``keepalive_interval_s`` on a small pool of their own, whether or not earlier
+ones have answered, and each may take ``keepalive_timeout_s`` (sized from the
+renew deadline, not from a fast etcd's latency). A renewal counts from the
+moment its keep-alive was **sent**, never from when it was answered: the
+lease was extended no earlier than that, so a late answer cannot stretch
+leadership past what etcd guarantees.
+
+The election watch only wakes the thread early (it also re-reads the prefix
+every interval); a watch that ended (etcd compacted the revision it had to
+resume from) is created again. A key under the election prefix that is not a
+candidate this code wrote is ignored, logged once.
+
 The elector runs on its own thread because ``dtr.store`` is synchronous; the
 asyncio server only reads ``current_term()`` and ``leader()``.
 """
@@ -20,15 +33,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dtr.errors import DtrError, LeaseExpired, StoreError
 from dtr.keys import JobKeys
-from dtr.store import Compare, EtcdStore, Put
-from dtr.watch import WatchBatch
+from dtr.store import Compare, EtcdStore, KeyValue, Put
+from dtr.watch import Watch, WatchBatch
 
 _log = logging.getLogger(__name__)
 _RETRY_S = 0.1
@@ -66,8 +81,20 @@ def encode_candidate(replica_id: str, address: str) -> bytes:
 
 
 def decode_candidate(key: str, value: bytes, create_revision: int) -> Candidate:
-    data = json.loads(value)
-    return Candidate(str(data["replica_id"]), str(data["address"]), key, create_revision)
+    """The candidate ``encode_candidate`` wrote; ValueError for anything else."""
+    try:
+        data = json.loads(value)
+        replica_id, address = data["replica_id"], data["address"]
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{key} is not a candidate: {err!r}") from None
+    if not isinstance(replica_id, str) or not isinstance(address, str):
+        raise ValueError(f"{key} is not a candidate: replica_id and address must be strings")
+    return Candidate(replica_id, address, key, create_revision)
+
+
+def keepalives_in_flight(timeout_s: float, interval_s: float) -> int:
+    """How many keep-alives can be pending at once when one is sent every ``interval_s``."""
+    return math.ceil(timeout_s / interval_s) + 1
 
 
 class Elector:
@@ -83,6 +110,7 @@ class Elector:
         lease_ttl_s: int,
         renew_deadline_s: float,
         keepalive_interval_s: float,
+        keepalive_timeout_s: float | None = None,
         on_change: Callable[[], None] = lambda: None,
         self_fencing: bool = True,
     ) -> None:
@@ -99,6 +127,12 @@ class Elector:
         self._ttl_s = lease_ttl_s
         self._deadline_s = renew_deadline_s
         self._interval_s = keepalive_interval_s
+        self._keepalive_timeout_s = (
+            keepalive_timeout_s
+            if keepalive_timeout_s is not None
+            else renew_deadline_s - keepalive_interval_s
+        )
+        self._max_in_flight = keepalives_in_flight(self._keepalive_timeout_s, self._interval_s)
         self._on_change = on_change
         self.self_fencing = self_fencing
         if not self_fencing:
@@ -111,7 +145,18 @@ class Elector:
         self._renewed_at = float("-inf")
         self._term: Term | None = None
         self._candidates: list[Candidate] = []
+        self._in_flight = 0
+        self._lease_lost: int | None = None  # a keep-alive found this lease expired
+        self._watch: Watch | None = None
+        self._watch_ended = threading.Event()
+        self._ignored_keys: set[str] = set()
+        self._keepalives = ThreadPoolExecutor(
+            self._max_in_flight, thread_name_prefix="dtr-keepalive"
+        )
         self._thread = threading.Thread(target=self._run, name="dtr-elector", daemon=True)
+        self._keeper = threading.Thread(
+            target=self._keep_alive_loop, name="dtr-keepalive-timer", daemon=True
+        )
 
     # -- what the server reads ---------------------------------------------------
     def current_term(self) -> Term | None:
@@ -159,14 +204,17 @@ class Elector:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        self._store.watch_prefix(self._keys.election_prefix, self._on_election_event)
+        self._watch = self._store.watch_prefix(self._keys.election_prefix, self._on_election_event)
         self._thread.start()
+        self._keeper.start()
 
     def resign(self) -> None:
         """Stop campaigning and revoke the lease, so a follower takes over at once."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5.0)
+        self._keeper.join(timeout=5.0)
+        self._keepalives.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             lease_id, self._lease_id, self._term = self._lease_id, None, None
         if lease_id is not None:
@@ -177,6 +225,9 @@ class Elector:
 
     # -- the thread --------------------------------------------------------------
     def _on_election_event(self, batch: WatchBatch) -> None:
+        if batch.error is not None:  # the watch has ended (compacted, refused)
+            _log.warning("election: watch ended: %s; watching again", batch.error)
+            self._watch_ended.set()
         self._wake.set()
 
     def _run(self) -> None:
@@ -187,27 +238,76 @@ class Elector:
                 self._cycle()
             except StoreError as err:
                 _log.info("election: etcd: %s", err)
-                self._check_deadline()
                 wait_s = min(wait_s, _RETRY_S)  # etcd is back within a reconnect backoff
+            except Exception:  # a bug must not silently end the election for this replica
+                _log.exception("election: cycle failed; trying again")
+                wait_s = min(wait_s, _RETRY_S)
+            self._check_deadline()
             if not self._stop.is_set():  # resign() may have consumed the wake-up
                 self._wake.wait(wait_s)
 
     def _cycle(self) -> None:
+        self._rewatch_if_ended()
+        with self._lock:
+            lost = self._lease_lost is not None and self._lease_lost == self._lease_id
+            self._lease_lost = None
+            if lost:
+                self._lease_id, self._my_key = None, None
+        if lost:
+            _log.warning("election: my lease expired; campaigning again")
+            self._set_term(None)
         if self._lease_id is None:
             self._campaign()
-        else:
-            sent_at = time.monotonic()
-            try:
-                self._store.refresh_lease(self._lease_id)
-            except LeaseExpired:
-                _log.warning("election: my lease expired; campaigning again")
-                with self._lock:
-                    self._lease_id, self._my_key = None, None
-                self._set_term(None)
-                self._campaign()
-            with self._lock:
-                self._renewed_at = sent_at
         self._evaluate()
+
+    def _rewatch_if_ended(self) -> None:
+        """Create the election watch again after it ended (the prefix is re-read anyway)."""
+        if not self._watch_ended.is_set():
+            return
+        self._watch_ended.clear()
+        try:
+            self._watch = self._store.watch_prefix(
+                self._keys.election_prefix, self._on_election_event
+            )
+        except StoreError:
+            self._watch_ended.set()  # try again next cycle
+            raise
+        _log.info("election: watching %s again", self._keys.election_prefix)
+
+    # -- keep-alives -------------------------------------------------------------
+    def _keep_alive_loop(self) -> None:
+        """Send a keep-alive every interval, not waiting for earlier ones to answer."""
+        while not self._stop.is_set():
+            with self._lock:
+                lease_id = self._lease_id
+                send = lease_id is not None and self._in_flight < self._max_in_flight
+                if send:
+                    self._in_flight += 1
+            if send and lease_id is not None:
+                try:
+                    self._keepalives.submit(self._keep_alive, lease_id)
+                except RuntimeError:  # the pool was shut down: resigning
+                    return
+            self._stop.wait(self._interval_s)
+
+    def _keep_alive(self, lease_id: int) -> None:
+        """One keep-alive; a success renews as of the moment it was sent."""
+        sent_at = time.monotonic()
+        try:
+            self._store.refresh_lease(lease_id, timeout_s=self._keepalive_timeout_s)
+        except LeaseExpired:
+            with self._lock:
+                self._lease_lost = lease_id
+            self._wake.set()
+        except StoreError as err:
+            _log.info("election: etcd: %s", err)
+        else:
+            with self._lock:
+                if self._lease_id == lease_id:
+                    self._renewed_at = max(self._renewed_at, sent_at)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _campaign(self) -> None:
         sent_at = time.monotonic()
@@ -223,15 +323,34 @@ class Elector:
 
     def _evaluate(self) -> None:
         snapshot = self._store.get_prefix(self._keys.election_prefix)
-        candidates = [decode_candidate(kv.key, kv.value, kv.create_revision) for kv in snapshot.kvs]
+        candidates = [c for c in map(self._candidate, snapshot.kvs) if c is not None]
         with self._lock:
             self._candidates = candidates
             my_key = self._my_key
+            orphaned = my_key is not None and all(c.key != my_key for c in candidates)
+            if orphaned:
+                # My key is gone while my lease lives: the job's prefix was
+                # wiped (a new job life). Without a key I can never lead
+                # again, so campaign afresh on the next cycle.
+                self._lease_id, self._my_key = None, None
+                self._wake.set()
+        if orphaned:
+            _log.warning("election: my candidate key %s was deleted; campaigning again", my_key)
         head = leader_of(candidates)
         if head is not None and head.key == my_key:
             self._set_term(Term(head.key, head.create_revision))
         else:
             self._set_term(None)
+
+    def _candidate(self, kv: KeyValue) -> Candidate | None:
+        """The candidate ``kv`` holds; None (logged once per key) if it holds none."""
+        try:
+            return decode_candidate(kv.key, kv.value, kv.create_revision)
+        except ValueError as err:
+            if kv.key not in self._ignored_keys:
+                self._ignored_keys.add(kv.key)
+                _log.warning("election: ignoring a key that is not a candidate: %s", err)
+            return None
 
     def _set_term(self, term: Term | None) -> None:
         with self._lock:

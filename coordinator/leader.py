@@ -10,6 +10,12 @@ worker a full heartbeat timeout of grace (DESIGN §1, §4).
 
 ``run_cycle()`` is the leader loop of STYLE rule 1: it returns a status line
 that the server logs (and tests can assert).
+
+A write runs to its end even when the call that asked for it is cancelled
+(a client deadline, a disconnect): etcd may apply the transaction anyway, so
+abandoning it half-way would leave this cache behind etcd without knowing
+it (``_to_the_end``). Every transaction is checked against etcd's limits
+before it is sent (``dtr.store_types.check_txn_limits``).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from dtr.errors import CoordinatorUnavailable, DtrError, NotLeader, StoreUnavailable
 from dtr.keys import JobKeys
-from dtr.store import Compare, EtcdStore, Get, Op, TxnResult
+from dtr.store import Compare, EtcdStore, Get, Op, Put, TxnResult
+from dtr.store_types import check_txn_limits
 
 from .barrier_retention import forget_barriers
 from .barriers import (
@@ -31,9 +40,11 @@ from .barriers import (
     BarrierState,
     Outcome,
     check_arrival,
+    check_incarnation,
     plan_arrivals,
     reopened,
     retention_period,
+    still_valid,
 )
 from .checkpoints import (
     CheckpointBook,
@@ -50,6 +61,7 @@ from .config import CoordinatorConfig
 from .election import Elector, Term
 from .membership import (
     WritePlan,
+    batches,
     expired_workers,
     plan_deregister,
     plan_mark_dead,
@@ -63,6 +75,26 @@ from .validation import CheckpointCommit, CheckpointProgressReport
 
 _log = logging.getLogger(__name__)
 _STALE_RETRIES = 3
+_T = TypeVar("_T")
+#: Workers named in one "declared dead" log line; the rest are counted.
+_DEAD_LISTED = 10
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Consume a finished task's outcome (its caller may have gone)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _to_the_end(operation: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``operation`` but let it finish even if this await is cancelled.
+
+    The caller sees the cancellation at once; the write and the cache update
+    that follows it complete on their own task.
+    """
+    task = asyncio.ensure_future(operation)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
 
 
 @dataclass
@@ -154,19 +186,45 @@ class Coordinator:
         with self.metrics.etcd("read_view"):
             view = await asyncio.to_thread(load_view, self.store, self.keys)
         if term != self._term:
+            if not view.job_life:
+                view = await self._create_job_life(term, view)
             now = self._clock()
             self._liveness = {w: Liveness(now) for w, m in view.members.items() if m.alive}
             self.barriers.reset(CoordinatorUnavailable("leadership changed; retry"))
             _log.info(
-                "term %d: took over; generation %d, %d live workers",
+                "term %d: took over; generation %d, %d live workers, job life %s",
                 term.revision,
                 view.generation,
                 len(view.live_members()),
+                view.job_life,
             )
         else:
-            self.barriers.reset(None)
+            # The cache went stale (a write's outcome is unknown). Its barrier
+            # states may be wrong, so they are dropped; their waiters are told
+            # at once (UNAVAILABLE: retry), and their retries re-read etcd,
+            # instead of each sitting out its whole long poll.
+            self.barriers.reset(CoordinatorUnavailable("leader cache refreshed; retry"))
         self.checkpoints.reset()
         self._view, self._term, self._stale = view, term, False
+
+    async def _create_job_life(self, term: Term, view: ClusterView) -> ClusterView:
+        """Write the job's uid (fenced, only if absent) and re-read the view.
+
+        A job life begins with its first leader: a job name whose prefix was
+        wiped, or reused on another etcd cluster, gets a new uid, and workers
+        tag their local state with it (DESIGN §5 invariant 5).
+        """
+        fence = [term.fence()] if self.elector.self_fencing else []
+        created = Put(self.keys.job_life, uuid.uuid4().hex.encode())
+        await asyncio.to_thread(
+            self.store.txn, [*fence, Compare.absent(self.keys.job_life)], [created]
+        )
+        view = await asyncio.to_thread(load_view, self.store, self.keys)
+        if not view.job_life:  # the fence failed: this term is over
+            raise CoordinatorUnavailable(
+                "the job life could not be created (leadership moved); retry"
+            )
+        return view
 
     @property
     def is_leader(self) -> bool:
@@ -177,12 +235,26 @@ class Coordinator:
         self,
         planner: Callable[[ClusterView], WritePlan | None],
         prepare: Callable[[], Awaitable[None]] | None = None,
+        on_applied: Callable[[ClusterView], None] | None = None,
     ) -> ClusterView:
         """Plan against the cached view and apply it fenced; re-plan on a stale view.
 
         ``prepare`` runs under the write lock before each planning, to load
         (after a stale view: reload) state the planner needs besides the view.
+        ``on_applied`` runs under the write lock right after the plan applied:
+        caches that the next plan reads (barrier states, the checkpoint book)
+        must be updated before the next writer plans, or it plans on a cache
+        that misses this write. The write finishes even if the caller is
+        cancelled (``_to_the_end``).
         """
+        return await _to_the_end(self._write_locked(planner, prepare, on_applied))
+
+    async def _write_locked(
+        self,
+        planner: Callable[[ClusterView], WritePlan | None],
+        prepare: Callable[[], Awaitable[None]] | None,
+        on_applied: Callable[[ClusterView], None] | None,
+    ) -> ClusterView:
         failure: StoreUnavailable | None = None
         async with self._write_lock:
             for _ in range(_STALE_RETRIES):
@@ -193,7 +265,7 @@ class Coordinator:
                 if plan is None:
                     return self._view
                 try:
-                    return await self._apply(term, plan)
+                    view = await self._apply(term, plan)
                 except _StalePlan:
                     self._stale = True  # re-read the view, then re-plan
                 except StoreUnavailable as err:
@@ -201,14 +273,20 @@ class Coordinator:
                     # re-plan at once; the plan's compares make a retry of a
                     # write that did apply a no-op or a fresh, correct write.
                     failure, self._stale = err, True
+                else:
+                    if on_applied is not None:
+                        on_applied(view)
+                    return view
             raise failure or StoreUnavailable("etcd state kept changing under this write; retry")
 
     async def _apply(self, term: Term, plan: WritePlan) -> ClusterView:
         try:
             with self.metrics.etcd("write"):
                 fence = [term.fence()] if self.elector.self_fencing else []
+                compares = [*fence, *plan.compares]
+                check_txn_limits(compares, plan.ops, [Get(term.key)])
                 result = await asyncio.to_thread(
-                    self.store.txn, [*fence, *plan.compares], plan.ops, [Get(term.key)]
+                    self.store.txn, compares, plan.ops, [Get(term.key)]
                 )
         except StoreUnavailable:
             self._stale = True  # the outcome is unknown: re-read before the next write
@@ -247,6 +325,7 @@ class Coordinator:
         """
         term = await self._leading_term()
         fence = [term.fence()] if self.elector.self_fencing else []
+        check_txn_limits([*fence, *compares], ops, [Get(term.key), *reads])
         with self.metrics.etcd("write"):
             result = await asyncio.to_thread(
                 self.store.txn, [*fence, *compares], ops, [Get(term.key), *reads]
@@ -260,10 +339,13 @@ class Coordinator:
     async def register_worker(
         self, worker_id: str, capacity: float, *, host: str, pid: int
     ) -> tuple[MemberRecord, ClusterView]:
+        def seen_now(view: ClusterView) -> None:
+            self._liveness[worker_id] = Liveness(self._clock())
+
         view = await self._write(
-            lambda v: plan_register(self.keys, v, worker_id, capacity, host=host, pid=pid)
+            lambda v: plan_register(self.keys, v, worker_id, capacity, host=host, pid=pid),
+            on_applied=seen_now,
         )
-        self._liveness[worker_id] = Liveness(self._clock())
         return view.members[worker_id], view
 
     async def heartbeat(
@@ -318,23 +400,32 @@ class Coordinator:
 
     # -- barriers ----------------------------------------------------------------
     async def barrier_arrive(
-        self, name: str, worker_id: str, believed_generation: int, wait_s: float
+        self,
+        name: str,
+        worker_id: str,
+        believed_generation: int,
+        wait_s: float,
+        incarnation: int = 0,
     ) -> Outcome:
         """Arrive (idempotently) and wait up to ``wait_s`` for the barrier's fate."""
         await self._leading_term()
+        check_incarnation(self._view, worker_id, incarnation)
         state = await self._barrier(name)
         if state.released:
             # A retry of an arrival answers RELEASED whatever the generation is
-            # now; a worker that was not part of the generation it was
-            # released for (it joined, or restarted, later) never synchronized
-            # with anyone there, so "released" would be a lie.
-            if worker_id in state.arrived:
+            # now. A worker incarnation that did not arrive (it was dead,
+            # joined later, or is a restart of the one that did) never
+            # synchronized with anyone there and never will: MISSED, terminal.
+            member = self._view.members.get(worker_id)
+            mine = incarnation or (member.incarnation if member is not None else 0)
+            if state.has_arrival_of(worker_id, mine):
                 return state.outcome(self._view)
-            return replace(state.outcome(self._view), status="membership_changed")
-        check_arrival(self._view, worker_id, believed_generation)
+            return replace(state.outcome(self._view), status="missed")
+        check_arrival(self._view, worker_id, believed_generation, incarnation)
         done = self.barriers.waiter(state)
         if worker_id not in state.arrived:
-            self.barriers.pending.setdefault(name, set()).add(worker_id)
+            arrival = (self._view.members[worker_id].incarnation, state.generation)
+            self.barriers.pending.setdefault(name, {})[worker_id] = arrival
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.create_task(self._flush_arrivals())
         try:
@@ -355,18 +446,19 @@ class Coordinator:
     async def _flush_arrivals(self) -> None:
         """Write pending arrivals, a group per transaction, until none are left."""
         while self.barriers.pending:
-            name, workers = self.barriers.pending.popitem()
-            ordered = sorted(workers)
+            name, arrivals = self.barriers.pending.popitem()
+            ordered = sorted(arrivals.items())
             for start in range(0, len(ordered), MAX_ARRIVALS_PER_TXN):
+                group = dict(ordered[start : start + MAX_ARRIVALS_PER_TXN])
                 try:
-                    await self._write_arrivals(name, ordered[start : start + MAX_ARRIVALS_PER_TXN])
+                    await self._write_arrivals(name, group)
                 except DtrError as err:
                     state = self.barriers.states.get(name)
                     if state is not None and state.done is not None and not state.done.done():
                         state.done.set_exception(err)
                     break
 
-    async def _write_arrivals(self, name: str, workers: list[str]) -> None:
+    async def _write_arrivals(self, name: str, arrivals: dict[str, tuple[int, int]]) -> None:
         written: list[BarrierState] = []
 
         def planner(view: ClusterView) -> WritePlan | None:
@@ -374,12 +466,14 @@ class Coordinator:
             state = self.barriers.states.get(name)
             if state is None or (not state.released and state.generation != view.generation):
                 return None  # the barrier failed or was forgotten; its waiters retry
+            workers = still_valid(view, state, arrivals)
+            if not workers:
+                return None
             plan, new = plan_arrivals(self.keys, view, state, workers)
             written.append(new)
             return plan if plan.ops else None
 
-        view = await self._write(planner)
-        if written:
+        def applied(view: ClusterView) -> None:
             self.barriers.on_written(written[-1], view)
             if written[-1].released:
                 self._releases_unretained += 1
@@ -387,6 +481,8 @@ class Coordinator:
                     self._barrier_retention is None or self._barrier_retention.done()
                 ):
                     self._barrier_retention = asyncio.create_task(self._retain_barriers())
+
+        await self._write(planner, on_applied=applied)
 
     async def _retain_barriers(self) -> None:
         """Retention passes, one at a time, while releases came in during the last one."""
@@ -396,7 +492,15 @@ class Coordinator:
 
     # -- checkpoints -------------------------------------------------------------
     async def commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:
-        """Record one part (or answer DUPLICATE / SUPERSEDED); completes the step when due."""
+        """Record one part (or answer DUPLICATE / SUPERSEDED); completes the step when due.
+
+        Runs to its end even if the caller is cancelled: the checkpoint book
+        must learn of a part etcd recorded, or the step's last commit would
+        find it missing and the step would never complete.
+        """
+        return await _to_the_end(self._commit_checkpoint(commit))
+
+    async def _commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:
         decisions: list[CommitDecision] = []
 
         async def load() -> None:
@@ -418,15 +522,16 @@ class Coordinator:
             ]
             return decisions[0].plan
 
-        await self._write(planner, load)
-        decision = decisions[-1]
-        if decision.plan is not None:
+        def applied(view: ClusterView) -> None:
+            decision = decisions[-1]
             self.checkpoints.on_applied(decision)
             if decision.step_complete:
                 self._retention_due = True
                 if self._retention is None or self._retention.done():
                     self._retention = asyncio.create_task(self._retain())
-        return decision
+
+        await self._write(planner, load, applied)
+        return decisions[-1]
 
     async def _retain(self) -> None:
         """Delete records of complete steps beyond the newest K, and of abandoned steps.
@@ -506,6 +611,34 @@ class Coordinator:
         finally:
             self._export()
 
+    async def _declare_dead(self, batch: list[str], silent: dict[str, int]) -> ClusterView:
+        """Declare one batch dead: those still live as the incarnation found silent, still silent.
+
+        The batches of a large failure are written one after another and the
+        write lock is free between them, so a worker may re-register (a new
+        incarnation, beating) meanwhile: it is re-checked when each batch is
+        planned, never declared dead on its predecessor's silence.
+        """
+        declared: list[str] = []
+
+        def planner(view: ClusterView) -> WritePlan | None:
+            now, timeout_s = self._clock(), self.config.heartbeat_timeout_s
+            declared[:] = [
+                w
+                for w in batch
+                if (m := view.members.get(w)) is not None
+                and m.alive
+                and m.incarnation == silent[w]
+                and now - self._liveness.get(w, Liveness(now)).last_seen >= timeout_s
+            ]
+            return plan_mark_dead(self.keys, view, declared) if declared else None
+
+        def applied(view: ClusterView) -> None:
+            for worker_id in declared:
+                self._liveness.pop(worker_id, None)
+
+        return await self._write(planner, on_applied=applied)
+
     async def _cycle(self) -> str:
         if self.elector.current_term() is None:
             self._lose_term()
@@ -520,10 +653,13 @@ class Coordinator:
         )
         if not dead:
             return f"leader term {term.revision}: {len(self._view.live_members())} workers alive"
-        view = await self._write(lambda v: plan_mark_dead(self.keys, v, dead))
-        for worker_id in dead:
-            self._liveness.pop(worker_id, None)
+        view = self._view
+        silent = {w: self._view.members[w].incarnation for w in dead}
+        for batch in batches(dead):  # a rack at once: one transaction per batch
+            view = await self._declare_dead(batch, silent)
+        named = ", ".join(dead[:_DEAD_LISTED])
+        more = f" and {len(dead) - _DEAD_LISTED} more" if len(dead) > _DEAD_LISTED else ""
         return (
-            f"leader term {term.revision}: declared dead {', '.join(dead)}; "
+            f"leader term {term.revision}: declared dead {named}{more}; "
             f"generation {view.generation}"
         )

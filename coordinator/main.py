@@ -26,7 +26,6 @@ from dtr.errors import DtrError, InvalidArgument, StoreUnavailable
 from dtr.keys import JobKeys
 from dtr.logs import formatter_for
 from dtr.proto import LEADER_HEALTH_SERVICE, SERVICE_NAME
-from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.security import read_token_table, server_credentials
 from dtr.store import EtcdStore
 
@@ -36,6 +35,7 @@ from .election import Elector
 from .leader import Coordinator
 from .metrics import CoordinatorMetrics
 from .servicer import CoordinatorServicer
+from .wire import add_coordinator_servicer
 
 _log = logging.getLogger("dtr.coordinator")
 _CYCLE_S = 0.2
@@ -104,7 +104,8 @@ async def _serve(config: CoordinatorConfig) -> int:
     etcd_tls, etcd_credentials = config.etcd_security()
     store = EtcdStore(
         config.etcd_endpoints,
-        timeout_s=config.etcd_timeout_s,
+        timeout_s=config.read_timeout_s,
+        write_timeout_s=config.write_timeout_s,
         tls=etcd_tls,
         credentials=etcd_credentials,
     )
@@ -159,6 +160,7 @@ async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
         lease_ttl_s=config.lease_ttl_s,
         renew_deadline_s=config.renew_deadline_s,
         keepalive_interval_s=config.keepalive_interval_s,
+        keepalive_timeout_s=config.keepalive_timeout_s,
         self_fencing=not config.unsafe_disable_fencing,
     )
     metrics = CoordinatorMetrics()
@@ -168,7 +170,7 @@ async def _run_replica(config: CoordinatorConfig, store: EtcdStore) -> int:
         _log.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
     coordinator = Coordinator(store, keys, config, elector, metrics=metrics)
     _TERM_FILTER.elector = elector
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator, replica_id), server)
+    add_coordinator_servicer(CoordinatorServicer(coordinator, replica_id), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (

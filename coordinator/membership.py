@@ -6,13 +6,22 @@ operations, and the view as it will be once etcd applies them. The leader
 adds its fence and sends the plan as one transaction; these functions do no
 I/O and are unit-tested without etcd.
 
-Every change to the live member set or to a live member's capacity bumps the
-membership generation by exactly one, in the same transaction.
+Every change to the live member set, to a live member's capacity, or to a
+live member's incarnation (the same id registered again by a new process)
+bumps the membership generation by exactly one, in the same transaction. A
+new incarnation is a membership change because the new process did none of
+what the old one did: every barrier arrival and checkpoint part is bound to
+the generation it was made in, so the bump voids the old incarnation's
+arrivals and parts at once (DESIGN §5 invariants 2 and 4).
+
+Plans whose size grows with the number of workers (declaring a rack dead) are
+split into batches of at most ``MAX_MEMBER_CHANGES_PER_TXN`` members, each
+its own transaction within etcd's limits (``dtr.store_types.PLAN_MAX_OPS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dtr.errors import AlreadyExists
@@ -20,6 +29,11 @@ from dtr.keys import JobKeys
 from dtr.store import Compare, Delete, Op, Put
 
 from .state import ClusterView, DatasetRecord, MemberRecord
+
+#: Members one plan may change: a compare and a put (or delete) each, plus the
+#: generation's compare and put, stay below ``PLAN_MAX_OPS`` (120) and, with
+#: records of a few hundred bytes, far below etcd's 1.5 MiB.
+MAX_MEMBER_CHANGES_PER_TXN = 100
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,11 @@ def _plan_members(
     keys: JobKeys, view: ClusterView, changes: Mapping[str, MemberRecord | None]
 ) -> WritePlan:
     """Write (or delete, for None) member records and bump the generation once."""
+    if len(changes) > MAX_MEMBER_CHANGES_PER_TXN:
+        raise ValueError(
+            f"{len(changes)} member changes in one plan; split them into batches of "
+            f"{MAX_MEMBER_CHANGES_PER_TXN} (membership.batches)"
+        )
     compares: list[Compare] = []
     ops: list[Op] = []
     members = dict(view.members)
@@ -63,12 +82,33 @@ def _plan_members(
             ops.append(Put(key, record.encode()))
             members[worker_id] = record
     new_view = view.replace(members=members)
-    if new_view.live_members() != view.live_members():
+    if new_view.live_members() != view.live_members() or _new_live_incarnation(view, changes):
         guard, bump = _bump_generation(keys, view)
         compares.append(guard)
         ops.append(bump)
         new_view = new_view.replace(generation=view.generation + 1)
     return WritePlan(tuple(compares), tuple(ops), new_view)
+
+
+def _new_live_incarnation(view: ClusterView, changes: Mapping[str, MemberRecord | None]) -> bool:
+    """Whether a live member is replaced by a new incarnation of its id (a restart)."""
+    for worker_id, record in changes.items():
+        before = view.members.get(worker_id)
+        if (
+            record is not None
+            and before is not None
+            and before.alive
+            and record.alive
+            and before.incarnation != record.incarnation
+        ):
+            return True
+    return False
+
+
+def batches(worker_ids: Iterable[str], size: int = MAX_MEMBER_CHANGES_PER_TXN) -> list[list[str]]:
+    """``worker_ids`` sorted and cut into plans of at most ``size`` members."""
+    ordered: Sequence[str] = sorted(set(worker_ids))
+    return [list(ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
 def plan_register(
@@ -88,7 +128,11 @@ def plan_register(
 
 
 def plan_mark_dead(keys: JobKeys, view: ClusterView, worker_ids: Iterable[str]) -> WritePlan | None:
-    """Declare live workers dead, all in one write; None if none of them is live."""
+    """Declare live workers dead in one write; None if none of them is live.
+
+    At most ``MAX_MEMBER_CHANGES_PER_TXN`` workers: the leader declares a
+    larger failure in ``batches``, one transaction (and one generation) each.
+    """
     changes: dict[str, MemberRecord | None] = {}
     for worker_id in worker_ids:
         record = view.members.get(worker_id)

@@ -20,8 +20,15 @@ prefix (``dtr.keys``):
   ``ADD_ANSWER_TTL_S``; a new lease is granted every half TTL, so a key always
   lives at least half of it, whichever replica leads meanwhile.
 
-The state and store keys stay until the job's prefix is wiped
-(docs/torchrun.md says how to remove them).
+The state and store keys, and ``lease`` (the id of the etcd lease they ride
+on), expire together when the rendezvous is idle: every call for the id
+renews its lease (at most every quarter TTL per replica), and etcd deletes
+the keys ``idle_ttl_s`` after the last call (``--rendezvous-idle-ttl-s``,
+default ``DEFAULT_IDLE_TTL_S``). torch's agents call at
+least every keep-alive interval (5 s) while any of them runs, so a live
+rendezvous never expires, and a later run reusing the ``--rdzv-id`` starts a
+fresh round instead of meeting the closed one. The lease is found through
+its key, so a new leader keeps renewing the same one.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
-from dtr.errors import InvalidArgument, StoreUnavailable
+from dtr.errors import InvalidArgument, LeaseExpired, StoreUnavailable
 from dtr.keys import JobKeys
 from dtr.store import Compare, Get, KeyValue, Put, TxnResult
 
@@ -42,6 +49,9 @@ from .leader import Coordinator
 MAX_STORE_WAIT_S = 10.0
 #: How long an add's answer is kept for its retries (clients give up after 30 s).
 ADD_ANSWER_TTL_S = 600
+#: A rendezvous nobody called for this long is deleted: well above torch's
+#: keep-alive (5 s) and its dead-node timeout (3 missed keep-alives).
+DEFAULT_IDLE_TTL_S = 60
 _ADD_ATTEMPTS = 5
 
 
@@ -81,11 +91,65 @@ class Rendezvous:
         )
         self._add_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._answer_lease: tuple[int, float] | None = None  # (lease id, granted at)
+        self.idle_ttl_s = core.config.rendezvous_idle_ttl_s
+        self._leases: dict[str, tuple[int, float]] = {}  # rdzv id -> (lease, renewed at)
         core.term_lost_listeners.append(self.wake_all)
+
+    # -- idle expiry ---------------------------------------------------------------
+    def _lease_key(self, rendezvous_id: str) -> str:
+        return f"{self.keys.rendezvous_prefix(rendezvous_id)}lease"
+
+    async def _renewed(self, rendezvous_id: str, *, create: bool) -> int:
+        """The rendezvous's lease, renewed; 0 when it has none and ``create`` is False.
+
+        Renewal is what "in use" means: a read renews an existing lease, a write
+        also creates one, through a fenced compare-absent on its key.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._leases.get(rendezvous_id)
+        if cached is not None and loop.time() - cached[1] < self.idle_ttl_s / 4:
+            return cached[0]
+        lease_id = cached[0] if cached is not None else await self._stored_lease(rendezvous_id)
+        if lease_id and await self._refresh(lease_id):
+            self._leases[rendezvous_id] = (lease_id, loop.time())
+            return lease_id
+        self._leases.pop(rendezvous_id, None)
+        if cached is not None:  # the cached lease is gone: another may be stored now
+            return await self._renewed(rendezvous_id, create=create)
+        return await self._create_lease(rendezvous_id) if create else 0
+
+    async def _stored_lease(self, rendezvous_id: str) -> int:
+        await self.core.leading_term()
+        result = await asyncio.to_thread(
+            self.core.store.txn, [], [Get(self._lease_key(rendezvous_id))]
+        )
+        kvs = _kvs(result, 0)
+        return int(kvs[0].value) if kvs else 0
+
+    async def _refresh(self, lease_id: int) -> bool:
+        try:
+            await asyncio.to_thread(self.core.store.refresh_lease, lease_id)
+        except LeaseExpired:
+            return False
+        return True
+
+    async def _create_lease(self, rendezvous_id: str) -> int:
+        """Grant a lease and record it, unless another call recorded one first."""
+        granted = await asyncio.to_thread(self.core.store.grant_lease, self.idle_ttl_s)
+        key = self._lease_key(rendezvous_id)
+        result = await self.core.fenced_txn(
+            [Compare.absent(key)], [Put(key, str(granted.lease_id).encode(), granted.lease_id)]
+        )
+        if not result.succeeded:
+            await asyncio.to_thread(self.core.store.revoke_lease, granted.lease_id)
+            return await self._renewed(rendezvous_id, create=True)
+        self._leases[rendezvous_id] = (granted.lease_id, asyncio.get_running_loop().time())
+        return granted.lease_id
 
     # -- state ---------------------------------------------------------------------
     async def get_state(self, rendezvous_id: str) -> StateRead:
         await self.core.leading_term()
+        await self._renewed(rendezvous_id, create=False)
         key = self.keys.rendezvous_state(rendezvous_id)
         result = await asyncio.to_thread(self.core.store.txn, [], [Get(key)])
         return StateRead.of(_kvs(result, 0))
@@ -102,7 +166,8 @@ class Rendezvous:
         """
         key = self.keys.rendezvous_state(rendezvous_id)
         expected = Compare.absent(key) if token is None else Compare.modified_at(key, token)
-        result = await self.core.fenced_txn([expected], [Put(key, state)], [Get(key)])
+        lease_id = await self._renewed(rendezvous_id, create=True)
+        result = await self.core.fenced_txn([expected], [Put(key, state, lease_id)], [Get(key)])
         if result.succeeded:
             return True, StateRead(True, state, result.revision)
         current = StateRead.of(_kvs(result, 0))
@@ -110,7 +175,8 @@ class Rendezvous:
 
     # -- store ---------------------------------------------------------------------
     async def store_set(self, rendezvous_id: str, entries: tuple[tuple[str, bytes], ...]) -> None:
-        puts = [Put(self.keys.rendezvous_store(rendezvous_id, k), v) for k, v in entries]
+        lease_id = await self._renewed(rendezvous_id, create=True)
+        puts = [Put(self.keys.rendezvous_store(rendezvous_id, k), v, lease_id) for k, v in entries]
         await self.core.fenced_txn([], puts)
         self._wake(rendezvous_id, [k for k, _ in entries])
 
@@ -121,6 +187,7 @@ class Rendezvous:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(wait_s, MAX_STORE_WAIT_S)
         reads = [Get(self.keys.rendezvous_store(rendezvous_id, k)) for k in keys]
+        await self._renewed(rendezvous_id, create=False)
         while True:
             await self.core.leading_term()
             # Events are taken before the read, so a write between the two is not missed.
@@ -159,8 +226,10 @@ class Rendezvous:
                 )
                 encoded = str(value).encode()
                 lease_id = await self._answers_lease()
+                idle_lease = await self._renewed(rendezvous_id, create=True)
                 result = await self.core.fenced_txn(
-                    [unchanged], [Put(etcd_key, encoded), Put(answered, encoded, lease_id)]
+                    [unchanged],
+                    [Put(etcd_key, encoded, idle_lease), Put(answered, encoded, lease_id)],
                 )
                 if result.succeeded:
                     self._wake(rendezvous_id, [key])

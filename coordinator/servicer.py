@@ -41,6 +41,7 @@ _BARRIER_STATUS = {
     "released": pb.BARRIER_STATUS_RELEASED,
     "membership_changed": pb.BARRIER_STATUS_MEMBERSHIP_CHANGED,
     "waiting": pb.BARRIER_STATUS_WAITING,
+    "missed": pb.BARRIER_STATUS_MISSED,
 }
 _BEAT_STATUS = {
     "ok": pb.WORKER_STATUS_OK,
@@ -133,6 +134,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             incarnation=record.incarnation,
             heartbeat_interval_s=self.core.config.heartbeat_interval_s,
             heartbeat_timeout_s=self.core.config.heartbeat_timeout_s,
+            job_life=view.job_life,
         )
 
     async def _beat(
@@ -228,7 +230,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         started = time.perf_counter()
         try:
             outcome = await self.core.barrier_arrive(
-                arrival.name, arrival.worker_id, arrival.generation, wait_s
+                arrival.name, arrival.worker_id, arrival.generation, wait_s, arrival.incarnation
             )
         except MembershipChanged:
             self.core.metrics.barrier_wait_seconds.labels("membership_changed").observe(
@@ -340,10 +342,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     info.shard_counts[dataset.name] = len(shards)
         latest = await self.core.latest_checkpoint(None)
         if latest is not None:
-            complete, _parts = latest
+            complete, parts = latest
             response.latest_checkpoint.CopyFrom(
                 pb.CheckpointSummary(
-                    step=complete.step, generation=complete.generation, worker_ids=complete.workers
+                    step=complete.step,
+                    generation=complete.generation,
+                    worker_ids=[p.worker_id for p in parts],
                 )
             )
         return response

@@ -82,6 +82,8 @@ class ClusterView:
     members: Mapping[str, MemberRecord] = field(default_factory=_frozen)  # type: ignore[arg-type]
     datasets: Mapping[str, DatasetRecord] = field(default_factory=_frozen)  # type: ignore[arg-type]
     revision: int = 0
+    #: "<etcd cluster id>/<job uid>"; empty until the first leader created the uid.
+    job_life: str = ""
 
     @functools.cached_property
     def _live(self) -> Mapping[str, float]:
@@ -110,6 +112,7 @@ class ClusterView:
             members=MappingProxyType(dict(self.members if members is None else members)),
             datasets=MappingProxyType(dict(self.datasets if datasets is None else datasets)),
             revision=self.revision if revision is None else revision,
+            job_life=self.job_life,
         )
 
 
@@ -119,12 +122,18 @@ def view_reads(keys: JobKeys) -> list[Get]:
         Get(keys.generation),
         Get(keys.members_prefix, prefix=True),
         Get(keys.datasets_prefix, prefix=True),
+        Get(keys.job_life),
     ]
 
 
-def view_from_reads(results: tuple[object, ...], revision: int) -> ClusterView:
+def job_life_of(cluster_id: int, uid: bytes) -> str:
+    """The job life as workers see it: which etcd cluster, which creation of the job."""
+    return f"{cluster_id:016x}/{uid.decode()}"
+
+
+def view_from_reads(results: tuple[object, ...], revision: int, cluster_id: int = 0) -> ClusterView:
     """Decode what ``view_reads`` returned."""
-    generation_kvs, member_kvs, dataset_kvs = (_kvs(r) for r in results)
+    generation_kvs, member_kvs, dataset_kvs, life_kvs = (_kvs(r) for r in results)
     generation = int(generation_kvs[0].value) if generation_kvs else 0
     members = {m.worker_id: m for m in (MemberRecord.decode(kv.value) for kv in member_kvs)}
     datasets = {d.name: d for d in (DatasetRecord.decode(kv.value) for kv in dataset_kvs)}
@@ -133,13 +142,14 @@ def view_from_reads(results: tuple[object, ...], revision: int) -> ClusterView:
         members=MappingProxyType(members),
         datasets=MappingProxyType(datasets),
         revision=revision,
+        job_life=job_life_of(cluster_id, life_kvs[0].value) if life_kvs else "",
     )
 
 
 def load_view(store: EtcdStore, keys: JobKeys) -> ClusterView:
     """Read the view from etcd in one transaction (one revision)."""
     result = store.txn([], view_reads(keys))
-    return view_from_reads(result.results, result.revision)
+    return view_from_reads(result.results, result.revision, result.cluster_id)
 
 
 def _kvs(result: object) -> tuple[KeyValue, ...]:

@@ -43,6 +43,7 @@ EPOCH_LIMIT = 2**63
 #: A barrier poll longer than an hour is a hung job, not a slow one.
 MAX_BARRIER_TIMEOUT_S = 3600.0
 MAX_URI_CHARS = 4096
+_JOB_LIFE = re.compile(r"[0-9a-f]{16}/[0-9a-f]{32}")
 MIN_FORMAT_VERSION = 1
 #: Lowercase hex digits of a digest, per algorithm (the cleaned name is the key).
 HEX_DIGEST_CHARS = {"sha256": 64, "crc32c": 8, "blake2b": 128}
@@ -142,6 +143,7 @@ class BarrierArrival:
     worker_id: str
     generation: int
     timeout_s: float | None
+    incarnation: int = 0  # 0: not given (an older client)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class CheckpointCommit:
     worker_id: str
     generation: int
     part: CheckpointPartSpec
+    incarnation: int = 0  # 0: not given (an older client)
+    job_life: str = ""  # "": not given (an older client)
 
 
 @dataclass(frozen=True)
@@ -271,7 +275,7 @@ def barrier(req: pb.BarrierRequest) -> BarrierArrival:
     timeout_s = None
     if req.timeout_s != 0.0:
         timeout_s = _finite("timeout_s", req.timeout_s, 0.0, MAX_BARRIER_TIMEOUT_S, low_open=True)
-    return BarrierArrival(name, worker_id, req.generation, timeout_s)
+    return BarrierArrival(name, worker_id, req.generation, timeout_s, req.incarnation)
 
 
 def commit_checkpoint(req: pb.CommitCheckpointRequest) -> CheckpointCommit:
@@ -281,6 +285,8 @@ def commit_checkpoint(req: pb.CommitCheckpointRequest) -> CheckpointCommit:
         worker_id=_name("worker_id", req.worker_id),
         generation=req.generation,
         part=_part(req),
+        incarnation=req.incarnation,
+        job_life=_job_life(req.job_life),
     )
 
 
@@ -383,6 +389,15 @@ def _finite(path: str, value: float, low: float, high: float, *, low_open: bool 
         opening = "(" if low_open else "["
         upper = f"{_num(high)}]" if math.isfinite(high) else "inf)"
         raise _invalid(path, f"must be a finite number in {opening}{_num(low)}, {upper}", value)
+    return value
+
+
+def _job_life(value: str) -> str:
+    """A job life as RegisterWorker hands it out (``<16 hex>/<32 hex>``), or empty."""
+    if value and not _JOB_LIFE.fullmatch(value):
+        raise _invalid(
+            "job_life", "must be '<etcd cluster id>/<job uid>' as RegisterWorker gave", value
+        )
     return value
 
 

@@ -16,11 +16,13 @@ Layout (``<J>`` = ``<root>/jobs/<job>``)::
     <J>/barriers/<barrier>/state           barrier round, expected members, release
     <J>/barriers/<barrier>/arrivals/<worker id>
     <J>/checkpoints/steps/<step, 20 digits>/<worker id>   commit records
-    <J>/checkpoints/complete/<step, 20 digits>   a complete step: generation, workers
+    <J>/checkpoints/complete/<step, 20 digits>   a complete step: generation, member count
     <J>/checkpoints/latest                 the latest complete step
+    <J>/life                               the job life's uid (written by its first leader)
     <J>/rendezvous/<rdzv id>/state         torchrun's rendezvous state (compare-and-set)
     <J>/rendezvous/<rdzv id>/store/<hex>   its agents' store, keys hex-encoded
     <J>/rendezvous/<rdzv id>/adds/<request id>   the answer of one Store.add, for retries
+    <J>/rendezvous/<rdzv id>/lease         the id of the idle-expiry lease its keys ride on
 
 Steps are zero-padded so that etcd's byte order is numeric order.
 """
@@ -125,6 +127,11 @@ class JobKeys:
     @property
     def generation(self) -> str:
         return f"{self.prefix}generation"
+
+    @property
+    def job_life(self) -> str:
+        """The job's life: a uid the first leader writes, fenced, before serving (DESIGN §5)."""
+        return f"{self.prefix}life"
 
     # -- datasets --------------------------------------------------------------
     @property

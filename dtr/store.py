@@ -82,6 +82,13 @@ class EtcdStore:
     None: the system's; its cert and key answer ``--client-cert-auth``).
     With ``credentials`` every call carries an auth token (``dtr.etcd_auth``);
     a refused identity is ``StoreAuthFailed``, final.
+
+    ``timeout_s`` bounds a read; ``write_timeout_s`` (default: ``timeout_s``)
+    bounds a write, a lease grant or a revoke. They are separate because a
+    write that times out has an unknown outcome the caller must re-read and
+    re-plan, so a slow etcd should rather be waited for than timed out (a
+    slow etcd is not a dead one, DESIGN §4). A call's own ``timeout_s``
+    overrides both; lease keep-alives take theirs from the elector.
     """
 
     def __init__(
@@ -89,15 +96,19 @@ class EtcdStore:
         endpoints: str | Sequence[str],
         *,
         timeout_s: float = 5.0,
+        write_timeout_s: float | None = None,
         tls: TlsFiles | None = None,
         credentials: EtcdCredentials | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise InvalidArgument(f"timeout_s must be positive; got {timeout_s}")
+        if write_timeout_s is not None and not write_timeout_s > 0:
+            raise InvalidArgument(f"write_timeout_s must be positive; got {write_timeout_s}")
         urls = parse_endpoints(endpoints)
         self.endpoints = [url.removeprefix(HTTPS) for url in urls]
         self.uses_tls = tls is not None or urls[0].startswith(HTTPS)
         self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s if write_timeout_s is not None else timeout_s
         self._auth = EtcdAuth(credentials)
         if credentials is not None and not self.uses_tls:
             _log.warning("etcd password and tokens cross the network in clear text; use TLS")
@@ -123,10 +134,17 @@ class EtcdStore:
                 self._current = (index + 1) % len(self.endpoints)
 
     def _call(
-        self, what: str, stubs: list[Any], method: str, request: Any, timeout_s: float | None
+        self,
+        what: str,
+        stubs: list[Any],
+        method: str,
+        request: Any,
+        timeout_s: float | None,
+        *,
+        write: bool = False,
     ) -> Any:
         index = self._pick()
-        timeout = timeout_s or self.timeout_s
+        timeout = timeout_s or (self.write_timeout_s if write else self.timeout_s)
 
         def invoke(metadata: Metadata | None) -> Any:
             return getattr(stubs[index], method)(request, timeout=timeout, metadata=metadata)
@@ -232,12 +250,18 @@ class EtcdStore:
     ) -> int:
         """Write unconditionally; returns the revision of the write."""
         request = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease_id)
-        return int(self._call(f"put {key}", self._kv, "Put", request, timeout_s).header.revision)
+        return int(
+            self._call(
+                f"put {key}", self._kv, "Put", request, timeout_s, write=True
+            ).header.revision
+        )
 
     def delete(self, key: str, *, prefix: bool = False, timeout_s: float | None = None) -> int:
         """Delete a key (or every key under a prefix); returns how many were deleted."""
         request = Delete(key, prefix=prefix).to_pb().request_delete_range
-        response = self._call(f"delete {key}", self._kv, "DeleteRange", request, timeout_s)
+        response = self._call(
+            f"delete {key}", self._kv, "DeleteRange", request, timeout_s, write=True
+        )
         return int(response.deleted)
 
     def txn(
@@ -254,14 +278,14 @@ class EtcdStore:
             success=[op.to_pb() for op in success],
             failure=[op.to_pb() for op in failure],
         )
-        response = self._call("txn", self._kv, "Txn", request, timeout_s)
+        response = self._call("txn", self._kv, "Txn", request, timeout_s, write=True)
         ops = success if response.succeeded else failure
         return TxnResult.from_pb(response, ops)
 
     def compact(self, revision: int, *, timeout_s: float | None = None) -> None:
         """Discard history before ``revision`` (watches from older revisions then fail)."""
         request = etcdrpc.CompactionRequest(revision=revision, physical=True)
-        self._call(f"compact {revision}", self._kv, "Compact", request, timeout_s)
+        self._call(f"compact {revision}", self._kv, "Compact", request, timeout_s, write=True)
 
     # -- leases --------------------------------------------------------------------
     def grant_lease(self, ttl_s: int, *, timeout_s: float | None = None) -> Lease:
@@ -269,7 +293,9 @@ class EtcdStore:
         if ttl_s < 1:
             raise InvalidArgument(f"ttl_s must be at least 1; got {ttl_s}")
         request = etcdrpc.LeaseGrantRequest(TTL=ttl_s)
-        response = self._call("lease grant", self._lease, "LeaseGrant", request, timeout_s)
+        response = self._call(
+            "lease grant", self._lease, "LeaseGrant", request, timeout_s, write=True
+        )
         if response.error:
             raise StoreError(f"etcd lease grant: {response.error}")
         return Lease(lease_id=int(response.ID), ttl_s=int(response.TTL))
@@ -299,7 +325,14 @@ class EtcdStore:
         """Revoke a lease and delete its keys; a lease already gone is not an error."""
         request = etcdrpc.LeaseRevokeRequest(ID=lease_id)
         with contextlib.suppress(LeaseExpired):
-            self._call(f"lease revoke {lease_id:x}", self._lease, "LeaseRevoke", request, timeout_s)
+            self._call(
+                f"lease revoke {lease_id:x}",
+                self._lease,
+                "LeaseRevoke",
+                request,
+                timeout_s,
+                write=True,
+            )
 
     def lease_ttl(self, lease_id: int, *, timeout_s: float | None = None) -> int | None:
         """Seconds left on a lease, or None if it no longer exists."""

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from etcd3 import etcdrpc
 
+from dtr.errors import StoreError
 from dtr.keys import prefix_range_end
 
 _TARGETS = {
@@ -129,17 +130,85 @@ class Delete:
 
 @dataclass(frozen=True)
 class Get:
+    """Read one key, or (``prefix``) every key under it in key order.
+
+    ``start``: begin the prefix range at this key instead (paging: the key
+    after the last one a page returned); ``limit``: at most this many keys
+    (0: all), so a listing of an unbounded prefix is read page by page.
+    """
+
     key: str
     prefix: bool = False
+    start: str | None = None
+    limit: int = 0
 
     def to_pb(self) -> Any:
-        request = etcdrpc.RangeRequest(key=self.key.encode())
+        request = etcdrpc.RangeRequest(key=(self.start or self.key).encode(), limit=self.limit)
         if self.prefix:
             request.range_end = prefix_range_end(self.key).encode()
         return etcdrpc.RequestOp(request_range=request)
 
 
 Op = Put | Delete | Get
+
+#: etcd's ``--max-txn-ops`` default: the most compares, or success ops, or
+#: failure ops one transaction may carry. A larger one is refused outright
+#: ("too many operations in txn request"), so a plan that grows with the
+#: number of workers must be split below it (DESIGN §5 invariant 7).
+ETCD_MAX_TXN_OPS = 128
+#: etcd's ``--max-request-bytes`` default (1.5 MiB).
+ETCD_MAX_REQUEST_BYTES = 1536 * 1024
+#: What one *plan* may use of each, leaving room for what the writer adds to
+#: every transaction (the leader fence, a read of the leader key, a writer
+#: stamp) and for protobuf framing.
+PLAN_MAX_OPS = 120
+PLAN_MAX_BYTES = 1024 * 1024
+
+
+class TxnTooLarge(StoreError):
+    """A transaction etcd would refuse: a bug in the plan that built it, never retried.
+
+    A ``StoreError`` but not ``StoreUnavailable``: callers log it like any
+    refusal from etcd (retention passes, the leader loop), and a request
+    that hits it is answered INTERNAL instead of being retried forever.
+    """
+
+
+def txn_size(compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> int:
+    """An upper bound on the request's bytes: keys, values and 32 bytes of framing each."""
+
+    def one(item: Compare | Op) -> int:
+        value = item.operand if isinstance(item, Compare) else getattr(item, "value", b"")
+        body = len(value) if isinstance(value, bytes) else 10
+        return len(item.key.encode()) * 2 + body + 32  # a range's end repeats the key
+
+    return sum(one(item) for part in (compares, success, failure) for item in part)
+
+
+def check_txn_limits(
+    compares: Sequence[Compare],
+    success: Sequence[Op],
+    failure: Sequence[Op] = (),
+    *,
+    max_ops: int = ETCD_MAX_TXN_OPS,
+    max_bytes: int = ETCD_MAX_REQUEST_BYTES,
+) -> None:
+    """Raise ``TxnTooLarge`` for a transaction etcd would refuse (checked before sending).
+
+    Sending it would only earn the same refusal again on every retry; failing
+    here names the plan's size instead.
+    """
+    ops = max(len(compares), len(success), len(failure))
+    if ops > max_ops:
+        raise TxnTooLarge(
+            f"transaction of {len(compares)} compares, {len(success)} success and "
+            f"{len(failure)} failure operations exceeds {max_ops}"
+        )
+    size = txn_size(compares, success, failure)
+    if size > max_bytes:
+        raise TxnTooLarge(f"transaction of about {size} bytes exceeds {max_bytes}")
+
+
 # What each operation of a transaction returned: the keys a Get read, the
 # count a Delete removed, None for a Put.
 OpResult = tuple[KeyValue, ...] | int | None
@@ -152,6 +221,8 @@ class TxnResult:
     succeeded: bool
     revision: int
     results: tuple[OpResult, ...]
+    #: The etcd cluster that answered (a job life is per cluster; 0: not known).
+    cluster_id: int = 0
 
     @classmethod
     def from_pb(cls, response: Any, ops: Sequence[Op]) -> TxnResult:
@@ -168,6 +239,7 @@ class TxnResult:
             succeeded=bool(response.succeeded),
             revision=int(response.header.revision),
             results=tuple(results),
+            cluster_id=int(response.header.cluster_id),
         )
 
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dtr.errors import DtrError, MembershipChanged
+from dtr.errors import BarrierMissed, DtrError
 from dtr.worker import ShardSampler, Worker
 
 log = logging.getLogger("train_mlp")
@@ -52,9 +52,6 @@ DATASET = "synthetic-mlp"
 FEATURES = 32
 CLASSES = 10
 DATA_SEED = 1234  # the same on every worker: sample i must mean the same thing everywhere
-#: How many membership changes in a row one epoch-end barrier tolerates before
-#: the worker moves on without it (the next epoch's barrier lines them up again).
-MAX_BARRIER_ATTEMPTS = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,23 +110,20 @@ def shard_size_for(num_samples: int, shards: int) -> int:
 
 
 def end_epoch(worker: Worker, epoch: int, timeout_s: float) -> None:
-    """Wait at this epoch's barrier; a membership change means arrive again, not fail.
+    """Wait at this epoch's barrier; ``barrier`` arrives again by itself when membership moves.
 
-    Workers joining and leaving move the membership generation, and a
-    barrier open for an old generation fails with ``MembershipChanged``. The
-    other workers then arrive under the new generation and wait for this one,
-    so simply skipping the barrier would leave them waiting: the worker
-    refreshes its view of the membership and arrives again.
+    ``BarrierMissed`` means the others finished this epoch without this
+    worker (it joined late, or was declared dead and came back), and the
+    answer is final. A script with checkpoints would load the latest
+    complete one if it is ahead of this worker (docs/concepts.md, Barrier);
+    this one keeps none, so it goes on to the next epoch and meets the others
+    at that epoch's barrier, where they wait for it. Never retrying the
+    missed barrier is what makes the loop end.
     """
-    name = f"epoch-{epoch}"
-    for attempt in range(1, MAX_BARRIER_ATTEMPTS + 1):
-        try:
-            worker.barrier(name, timeout_s=timeout_s)
-            return
-        except MembershipChanged as err:
-            log.info("barrier %s: membership changed (attempt %d): %s", name, attempt, err)
-            worker.shard_assignment(DATASET, epoch)  # learns the new generation
-    log.warning("barrier %s: membership kept changing; moving on without it", name)
+    try:
+        worker.barrier(f"epoch-{epoch}", timeout_s=timeout_s)
+    except BarrierMissed as err:
+        log.info("%s; going on to the next epoch", err)
 
 
 def train(args: argparse.Namespace) -> float:

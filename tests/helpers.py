@@ -60,6 +60,31 @@ class StatusError(grpc.RpcError):
         return self._metadata
 
 
+@contextmanager
+def cluster_dialing_etcd_through_proxies(
+    etcd: RunningEtcd, **options: Any
+) -> Iterator[tuple[LocalCluster, list[TcpProxy]]]:
+    """A local cluster whose replicas reach etcd only through ``TcpProxy`` objects of the test's.
+
+    The test slows (``delay``) or heals those proxies to make etcd slow for
+    the coordinators alone; each replica gets proxies of its own.
+    """
+    proxies: list[TcpProxy] = []
+
+    def route(replica: int, endpoints: list[str]) -> list[str]:
+        del replica
+        started = [TcpProxy(endpoint).start() for endpoint in endpoints]
+        proxies.extend(started)
+        return [proxy.address for proxy in started]
+
+    try:
+        with LocalCluster.start(etcd=etcd, route_etcd=route, **options) as cluster:
+            yield cluster, proxies
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
 @dataclass
 class ProxiedCluster:
     """A local cluster whose replica ``i`` advertises (and is reached through) ``proxies[i]``."""

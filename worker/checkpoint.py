@@ -25,9 +25,20 @@ data-parallel replicas hold the same state), verifies size and checksum
 before decoding, and falls back to the previous complete step when a part is
 missing or corrupt — never to garbage. Decoding never unpickles.
 
-Storage clean-up: each worker deletes its own parts of steps that can no
-longer be loaded (superseded commits, steps older than the newest
-``keep`` complete ones it knows of); the leader deletes the records.
+Part objects are immutable (DESIGN §5 invariant 4): every save writes a name
+of its own, ``step-<S>/<worker>.<incarnation>-<random>.dtr``, so a restarted
+worker that saves a step again never touches the object a complete step
+references. A save that fails is never silent: it is logged at ERROR once
+with its cause, counted (``dtr_worker_checkpoint_save_failures_total``) and
+raised by the next ``wait()``.
+
+Storage clean-up: each worker deletes its own objects of steps older than the
+oldest of the newest ``keep`` complete steps it knows of, except those a
+pending commit of its queue references; never by name on a SUPERSEDED answer
+(in replicated mode that object may be the one the other members completed
+the step with). Superseded objects of newer steps wait until their step falls
+out of retention. The leader deletes the records. Keep ``keep`` at least the
+coordinators' ``--keep-checkpoints``, or retained steps lose their parts.
 """
 
 from __future__ import annotations
@@ -35,15 +46,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtr.errors import CheckpointError, DtrError, InvalidArgument, NoCheckpoint
+from dtr.errors import AlreadyExists, CheckpointError, DtrError, InvalidArgument, NoCheckpoint
 from dtr.keys import validate_step
 from dtr.proto import coordinator_pb2 as pb
 from dtr.storage import Checksum, Storage, StoredObject, open_storage
@@ -51,8 +65,15 @@ from dtr.storage import Checksum, Storage, StoredObject, open_storage
 from .checkpoint_format import FORMAT_VERSION, JsonValue, decode
 from .checkpoint_rpc import LatestCheckpoint, StoredPart
 from .commit_flusher import CommitAck, CommitFlusher
-from .commit_queue import CommitOutcome, CommitQueue, CommitRecord
-from .replicated import await_manifest, manifest_name, replicated_name, write_manifest
+from .commit_queue import CommitQueue, CommitRecord, queue_file
+from .replicated import (
+    await_manifest,
+    is_replicated_object,
+    replicated_name,
+    save_token,
+    step_prefix,
+    write_manifest,
+)
 from .snapshot import Snapshot, StagingBusy, StagingPool, snapshot
 from .worker import Worker
 
@@ -83,9 +104,22 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def part_name(step: int, worker_id: str) -> str:
-    """Where a worker's part of a step lives under the checkpoint URI (steps sort by name)."""
-    return f"step-{validate_step(step):020d}/{worker_id}.dtr"
+def part_name(step: int, worker_id: str, token: str = "") -> str:
+    """Where one save of a worker's part of a step lives (steps sort by name).
+
+    ``token`` (``replicated.save_token``: incarnation and a random nonce)
+    makes the name unique per save, so no object is ever written twice;
+    without it, the fixed name earlier versions wrote (still recognised, and
+    what the chaos harness's simulated workers write).
+    """
+    base = f"{worker_id}.{token}.dtr" if token else f"{worker_id}.dtr"
+    return step_prefix(step) + base
+
+
+def step_of(name: str) -> int | None:
+    """The step of an object name under the checkpoint URI, None when it is not a step's."""
+    match = re.fullmatch(r"step-(\d{20})/[^/]+", name)
+    return int(match.group(1)) if match else None
 
 
 def default_queue_path(job: str, worker_id: str) -> Path:
@@ -94,8 +128,26 @@ def default_queue_path(job: str, worker_id: str) -> Path:
     Keyed by the stable worker id, so a restarted worker finds and replays
     the commits its previous process queued.
     """
-    root = Path(os.environ.get("DTR_STATE_DIR") or Path.home() / ".local" / "state" / "dtr")
-    return root / job / f"{worker_id}.commits.sqlite"
+    return queue_file(job, worker_id)
+
+
+@dataclass(frozen=True)
+class SaveIdentity:
+    """Who saves: the worker's generation, incarnation and job life when ``save_async`` was called.
+
+    Taken once, together: the part is written on another thread later, and
+    by then the worker may have rejoined (a new incarnation) or met a new job
+    life; a record stamped with the new life but the old generation could be
+    accepted into a life it was never made for.
+    """
+
+    generation: int
+    incarnation: int
+    job_life: str
+
+    @classmethod
+    def of(cls, worker: Worker) -> SaveIdentity:
+        return cls(worker.generation, worker.incarnation, worker.job_life)
 
 
 class CheckpointManager:
@@ -163,10 +215,18 @@ class CheckpointManager:
         )
         self._lock = threading.Lock()
         self._in_flight: set[Future[SaveResult]] = set()
+        #: Failed saves since the last wait(), oldest first (wait() raises the first).
+        self._failures: list[BaseException] = []
         self._complete: set[int] = set()
         self._last_durable_step: int | None = None
         self._closed = False
-        self._flusher = CommitFlusher(self._queue, self._send, on_outcome=self._on_outcome)
+        self._flusher = CommitFlusher(
+            self._queue,
+            self._send,
+            on_outcome=self._on_outcome,
+            job_life=lambda: worker.job_life,
+            on_set_aside=worker.metrics.commit_records_set_aside.inc,
+        )
         self._flusher.start()
         worker.checkpoint_progress = self._progress
         worker.metrics.watch_commit_queue(lambda: self._queue.depth)
@@ -181,13 +241,13 @@ class CheckpointManager:
         validate_step(step)
         if self._closed:
             raise CheckpointError("the checkpoint manager is closed")
-        generation = self._worker.generation
+        who = SaveIdentity.of(self._worker)
         if self.replicated and not self.writer:
-            return self._track(self._writer.submit(self._adopt_and_queue, step, generation))
+            return self._track(self._writer.submit(self._adopt_and_queue, step, who))
         meta: dict[str, JsonValue] = {
             "step": step,
             "worker_id": self._worker.worker_id,
-            "generation": generation,
+            "generation": who.generation,
         }
         started = time.perf_counter()
         try:
@@ -201,41 +261,64 @@ class CheckpointManager:
             return dropped
         finally:
             self._worker.metrics.checkpoint_stall_seconds.observe(time.perf_counter() - started)
-        return self._track(self._writer.submit(self._write_and_queue, snap, step, generation))
+        return self._track(self._writer.submit(self._write_and_queue, snap, step, who))
 
     def _track(self, future: Future[SaveResult]) -> Future[SaveResult]:
         with self._lock:
             self._in_flight.add(future)
-        future.add_done_callback(self._forget)
+        future.add_done_callback(self._settle)
         return future
 
-    def _object_name(self, step: int) -> str:
+    def _object_name(self, step: int, token: str) -> str:
         if self.replicated:
-            return replicated_name(step)
-        return part_name(step, self._worker.worker_id)
+            return replicated_name(step, token)
+        return part_name(step, self._worker.worker_id, token)
 
-    def _forget(self, future: Future[SaveResult]) -> None:
+    def _settle(self, future: Future[SaveResult]) -> None:
+        """A save ended: forget it and, if it failed, log, count and keep its error for wait().
+
+        Idempotent (the done callback and ``wait()`` may both call it): only
+        the call that takes the future out of the in-flight set acts.
+        """
         with self._lock:
+            if future not in self._in_flight:
+                return
             self._in_flight.discard(future)
+            error = None if future.cancelled() else future.exception()
+            if error is not None:
+                self._failures.append(error)
+        if error is not None:
+            self._worker.metrics.checkpoint_save_failures.inc()
+            _log.error("checkpoint save failed: %s: %s", type(error).__name__, error)
 
-    def _write_and_queue(self, snap: Snapshot, step: int, generation: int) -> SaveResult:
+    def _write_and_queue(self, snap: Snapshot, step: int, who: SaveIdentity) -> SaveResult:
+        token = save_token(who.incarnation, secrets.token_hex(8))
+        name = self._object_name(step, token)
         started = time.perf_counter()
         try:
-            stored = self.storage.write(
-                self._object_name(step), snap.buffers(), algorithm=self.checksum
-            )
+            stored = self.storage.write(name, snap.buffers(), algorithm=self.checksum)
         finally:
             snap.release()
         self._worker.metrics.wrote_part(time.perf_counter() - started, stored.size_bytes)
         if self.replicated:
-            write_manifest(self.storage, step, stored)
-        return self._queue_commit(step, generation, stored)
+            write_manifest(self.storage, step, token, stored, who.job_life)
+            return self._queue_commit(step, who, stored)
+        try:
+            return self._queue_commit(step, who, stored)
+        except AlreadyExists:
+            # Nothing references an object whose commit was refused (its name is this
+            # save's own): remove it rather than leave it for retention.
+            with contextlib.suppress(DtrError):
+                self.storage.delete(name)
+            raise
 
-    def _adopt_and_queue(self, step: int, generation: int) -> SaveResult:
-        stored = await_manifest(self.storage, step, self.replica_wait_s, self._stopping)
-        return self._queue_commit(step, generation, stored)
+    def _adopt_and_queue(self, step: int, who: SaveIdentity) -> SaveResult:
+        stored = await_manifest(
+            self.storage, step, who.job_life, self.replica_wait_s, self._stopping
+        )
+        return self._queue_commit(step, who, stored)
 
-    def _queue_commit(self, step: int, generation: int, stored: StoredObject) -> SaveResult:
+    def _queue_commit(self, step: int, who: SaveIdentity, stored: StoredObject) -> SaveResult:
         """Append the commit of a durable part to the on-disk queue and wake the flusher."""
         worker_id = self._worker.worker_id
         record = CommitRecord.for_part(
@@ -243,9 +326,11 @@ class CheckpointManager:
             job=self._worker.job,
             step=step,
             worker_id=worker_id,
-            generation=generation,
+            generation=who.generation,
             format_version=FORMAT_VERSION,
             replicated=self.storage.is_replicated,
+            job_life=who.job_life,
+            incarnation=who.incarnation,
         )
         self._queue.append(record)
         self._flusher.kick()
@@ -256,18 +341,44 @@ class CheckpointManager:
     def wait(self, timeout_s: float | None = None) -> None:
         """Block until every save is durable and every queued commit acknowledged.
 
-        Raises the first failed save's error, or ``CheckpointError`` when
-        commits are still queued at ``timeout_s`` (no coordinator answered).
+        Raises the first save that failed since the last ``wait()`` (its own
+        error; the others were logged and counted). Raises ``CheckpointError``
+        when saves are still writing or commits still queued at ``timeout_s``,
+        or — with or without a timeout — when the head commit keeps failing
+        with an error that is no verdict on it (the record stays queued and
+        is still retried; the message names it and the error).
         """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             pending = list(self._in_flight)
+        _done, writing = wait_futures(pending, timeout=timeout_s)
         for future in pending:
-            future.result(timeout=timeout_s)
-        if not self._flusher.wait_empty(timeout_s):
+            if future.done():
+                self._settle(future)  # the done callback may not have run yet
+        self._raise_first_failure()
+        if writing:
+            raise CheckpointError(
+                f"{len(writing)} checkpoint saves still writing after {timeout_s} s"
+            )
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            stuck = self._flusher.wait_settled(left)
+        except TimeoutError:
             raise CheckpointError(
                 f"{self._queue.depth} checkpoint commits still queued after {timeout_s} s: no "
                 "coordinator acknowledged them yet (they stay queued on disk and are retried)"
-            )
+            ) from None
+        if stuck is not None:
+            raise CheckpointError(
+                f"{stuck.describe()}; it stays queued in {self._queue.path} and is retried, "
+                "but wait() cannot finish until its cause is fixed"
+            ) from stuck.error
+
+    def _raise_first_failure(self) -> None:
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            raise failures[0]
 
     @property
     def saves_in_flight(self) -> int:
@@ -312,23 +423,44 @@ class CheckpointManager:
             self._complete.add(ack.latest_complete_step)
         if self.replicated and not self.writer:
             return  # the writer deletes what it wrote
-        doomed = [record.step] if ack.outcome is CommitOutcome.SUPERSEDED else []
         kept = sorted(self._complete)[-self.keep :]
-        if len(kept) == self.keep:
-            doomed += [s for s in self._own_steps() if s < kept[0]]
-            self._complete = set(kept)
-        for step in doomed:
+        if len(kept) < self.keep:
+            return
+        self._complete = set(kept)
+        self._delete_before(kept[0])
+
+    def _delete_before(self, oldest_kept: int) -> None:
+        """Delete own objects of steps before ``oldest_kept`` that no pending commit names.
+
+        A SUPERSEDED answer deletes nothing by itself: the object may be what
+        a complete step references (replicated members adopted it; the same
+        key was accepted before). Steps below the oldest retained complete
+        one are loaded by nobody, so their objects can go.
+        """
+        referenced = {record.uri for _seq, record in self._queue.pending()}
+        for name in self.storage.list("step-"):
+            step = step_of(name)
+            if step is None or step >= oldest_kept or not self._is_own(name):
+                continue
+            if self.storage.uri_of(name) in referenced:
+                continue
             try:
-                self.storage.delete(self._object_name(step))
-                if self.replicated:
-                    self.storage.delete(manifest_name(step))
+                self.storage.delete(name)
             except DtrError as err:  # harmless: retried with the next ack
-                _log.warning("could not delete the part of step %d: %s", step, err)
+                _log.warning("could not delete %s of step %d: %s", name, step, err)
+
+    def _is_own(self, name: str) -> bool:
+        """Whether this manager wrote ``name`` (any incarnation, old fixed names too)."""
+        if self.replicated:
+            return is_replicated_object(name)
+        base = name.rpartition("/")[2]
+        own = re.escape(self._worker.worker_id) + r"(?:\.\d{10}-[0-9a-f]{16})?\.dtr"
+        return re.fullmatch(own, base) is not None
 
     def _own_steps(self) -> list[int]:
-        suffix = "/" + self._object_name(0).rsplit("/", 1)[1]
-        names = (n for n in self.storage.list("step-") if n.endswith(suffix))
-        return [int(n[len("step-") : -len(suffix)]) for n in names]
+        """Steps with an object this manager wrote (tests and tools)."""
+        steps = {step_of(n) for n in self.storage.list("step-") if self._is_own(n)}
+        return sorted(s for s in steps if s is not None)
 
     # -- loading ------------------------------------------------------------------
     def load_latest(self, default: Any = _MISSING, *, map_location: str | None = None) -> Any:

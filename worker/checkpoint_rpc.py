@@ -73,7 +73,12 @@ def commit_request(record: CommitRecord) -> pb.CommitCheckpointRequest:
         replicated=record.replicated,
     )
     return pb.CommitCheckpointRequest(
-        step=record.step, worker_id=record.worker_id, generation=record.generation, part=part
+        step=record.step,
+        worker_id=record.worker_id,
+        generation=record.generation,
+        part=part,
+        incarnation=record.incarnation,  # the incarnation that wrote the part
+        job_life=record.job_life,  # the coordinator refuses another life's record
     )
 
 

@@ -12,8 +12,15 @@ the best guess of the leader —
 A NOT-LEADER answer caches its hint (or forgets the leader when it carries
 none); an UNAVAILABLE or timed-out attempt forgets a cached leader it was
 aimed at. Errors leave as ``dtr.errors`` types (``rpc_errors``), never as
-``grpc.RpcError``. Hinted addresses outside the configured list are dialled
-too: a replica advertises the address clients should use.
+``grpc.RpcError``.
+
+A hint is followed only where it cannot hand the caller's bearer token (or
+its requests) to an address nobody vouched for (``hint_allowed``): an address
+in the configured list, or one that a configured name resolves to (a headless
+Service names every replica's pod IP), or any address when TLS is on (the
+channel then checks that the hinted name is in the server's certificate).
+Any other hint is ignored, logged once per address, and the client tries the
+configured replicas in turn instead.
 
 Credentials (TLS, a bearer token) come in as one ``dtr.security.ClientSecurity``
 and ride on every channel, streams included; the default is plaintext.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -108,6 +116,42 @@ def resolve_security(tls: TlsFiles | None, token: str | None) -> ClientSecurity:
     return client_security(tls, token)
 
 
+def hint_allowed(
+    hint: str,
+    configured: Sequence[str],
+    *,
+    tls: bool,
+    resolve: Callable[[str], frozenset[str]] | None = None,
+) -> bool:
+    """Whether a ``dtr-leader`` hint may be dialled with the caller's credentials.
+
+    The one rule every hint follower shares (``CoordinatorClient``, the
+    torchrun rendezvous through it, and ``dtr status``): a replica is trusted
+    to name the leader only among addresses the caller already trusts, so a
+    misconfigured or hostile replica cannot redirect a plaintext client, and
+    its token, elsewhere. ``resolve`` maps a configured ``HOST:PORT`` to the
+    ``IP:PORT`` addresses its name stands for (default: DNS via getaddrinfo).
+    """
+    if hint in configured or tls:
+        return True
+    resolve = resolve or resolved_addresses
+    hinted = resolve(hint)
+    return bool(hinted) and any(hinted & resolve(address) for address in configured)
+
+
+def resolved_addresses(address: str) -> frozenset[str]:
+    """``HOST:PORT`` as the set of ``IP:PORT`` it resolves to (empty if it does not)."""
+    match = _HOST_PORT.fullmatch(address)
+    if match is None:
+        return frozenset()
+    host, port = match["host"].strip("[]"), int(match["port"])
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return frozenset()
+    return frozenset(f"{info[4][0]}:{port}" for info in infos)
+
+
 class CoordinatorClient:
     """Channels to the coordinators of one job and the leader-following ``call``."""
 
@@ -141,6 +185,7 @@ class CoordinatorClient:
         self._stubs: dict[str, pb_grpc.CoordinatorStub] = {}
         self._leader: str | None = None
         self._next = 0
+        self._hint_verdicts: dict[str, bool] = {}  # hint -> allowed, decided once
         self._closed = False
         #: The largest term and generation any answer carried.
         self.term = 0
@@ -175,22 +220,47 @@ class CoordinatorClient:
                 stub = self._stubs[address] = pb_grpc.CoordinatorStub(channel)
             return stub
 
+    def followable(self, hint: str) -> bool:
+        """``hint_allowed`` for this client, decided once per hint and logged once if refused.
+
+        Called outside the lock: deciding may resolve the configured names.
+        """
+        verdict = self._hint_verdicts.get(hint)
+        if verdict is None:
+            verdict = hint_allowed(hint, self.addresses, tls=self.security.credentials is not None)
+            with self._lock:
+                first = hint not in self._hint_verdicts
+                self._hint_verdicts[hint] = verdict
+            if first and not verdict:
+                _log.warning(
+                    "ignoring leader hint %r: it is not one of the configured coordinators "
+                    "(%s) and TLS is off, so it is not dialled with this client's "
+                    "credentials; list it in the coordinators (or turn TLS on) to follow it",
+                    hint,
+                    ",".join(self.addresses),
+                )
+        return verdict
+
     def note_answer(self, address: str, header: pb.ResponseHeader, *, accepted_write: bool) -> None:
         """Learn from an answer: the leader, and the newest term and generation."""
+        hint = header.leader_address
+        allowed = bool(hint) and not header.is_leader and self.followable(hint)
         with self._lock:
             self.last_answer_at = time.monotonic()
             self.term = max(self.term, header.term)
             self.generation = max(self.generation, header.generation)
             if accepted_write or header.is_leader:
                 self._leader = address
-            elif header.leader_address and self._leader is None:
-                self._leader = header.leader_address
+            elif allowed and self._leader is None:
+                self._leader = hint
 
     def note_failure(self, address: str, err: BaseException) -> None:
-        """Re-aim after a failed attempt: follow a hint, or move to the next replica."""
+        """Re-aim after a failed attempt: follow an allowed hint, or move to the next replica."""
+        hint = trailing_metadata(err).get(LEADER_METADATA_KEY) if is_not_leader(err) else None
+        allowed = bool(hint) and self.followable(hint or "")
         with self._lock:
             if is_not_leader(err):
-                self._leader = trailing_metadata(err).get(LEADER_METADATA_KEY) or None
+                self._leader = hint if allowed else None
                 if self._leader == address:  # a replica naming itself while refusing: move on
                     self._leader = None
             elif status_code(err) in _FORGET_LEADER_CODES or status_code(err) is None:

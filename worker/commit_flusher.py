@@ -16,10 +16,20 @@ What ``send`` raises decides what happens to the head record:
   record and never will accept it (malformed, or a different part was
   committed under its key). It is marked done as ``rejected`` and logged as
   an error, so one bad record cannot wedge every later commit;
+- ``WrongJobLife``: the record was made for another life of the job (the
+  job's etcd prefix was wiped, or another cluster answers). It is set aside:
+  kept in the file, never sent again, never blocking the records behind it;
 - anything else (``CoordinatorError``, ``UnknownWorker``, ``WrongJob``, or a
   bug in ``send``): not a verdict on the record, so dropping it could lose a
   commit. It stays pending, is logged as an error, and is retried after a
-  backoff until the cause is fixed or the flusher is stopped.
+  backoff until the cause is fixed or the flusher is stopped. After
+  ``STUCK_AFTER`` such failures in a row the flusher reports the head as
+  stuck (``stuck``), so ``CheckpointManager.wait()`` raises instead of
+  waiting forever; the record stays queued and is still retried.
+
+Job lives: before each round, pending records made for another job life than
+``job_life()`` returns are set aside (``CommitQueue.set_aside_other_lives``),
+logged once at WARNING with the queue's path and their count.
 
 What must not live here: gRPC. ``send`` is built by the checkpoint manager on
 top of the worker's client (whose ``call_with_retry`` owns the per-call
@@ -35,7 +45,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dtr.errors import AlreadyExists, CheckpointError, DtrError, InvalidArgument
+from dtr.errors import AlreadyExists, CheckpointError, DtrError, InvalidArgument, WrongJobLife
 from dtr.retry import RetryPolicy, is_retryable
 
 from .commit_queue import CommitOutcome, CommitQueue, CommitRecord
@@ -46,6 +56,8 @@ _log = logging.getLogger(__name__)
 REJECTING_ERRORS: tuple[type[Exception], ...] = (InvalidArgument, AlreadyExists)
 #: Pending records read per round; the loop reads again when they are done.
 _BATCH = 64
+#: Consecutive non-retryable, non-verdict failures of the head before it counts as stuck.
+STUCK_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,23 @@ class CommitAck:
 
 SendCommit = Callable[[CommitRecord], CommitAck]
 OnOutcome = Callable[[CommitRecord, CommitAck], None]
+
+
+@dataclass(frozen=True)
+class StuckCommit:
+    """The head record and the non-verdict error it keeps failing with."""
+
+    record: CommitRecord
+    error: Exception
+    attempts: int
+
+    def describe(self) -> str:
+        record = self.record
+        return (
+            f"the commit of step {record.step} (worker {record.worker_id!r}, generation "
+            f"{record.generation}) failed {self.attempts} times in a row with "
+            f"{type(self.error).__name__}: {self.error}"
+        )
 
 
 class CommitFlusher:
@@ -80,8 +109,14 @@ class CommitFlusher:
         policy: RetryPolicy | None = None,
         on_outcome: OnOutcome | None = None,
         poll_interval_s: float = 1.0,
+        job_life: Callable[[], str] | None = None,
+        on_set_aside: Callable[[int], None] | None = None,
     ) -> None:
         self._queue = queue
+        self._job_life = job_life
+        self._on_set_aside = on_set_aside or (lambda count: None)
+        self._life_checked: str | None = None  # the life records were last set aside for
+        self._stuck: StuckCommit | None = None
         self._send = send
         self._policy = policy or RetryPolicy()
         self._on_outcome = on_outcome
@@ -127,12 +162,30 @@ class CommitFlusher:
         with self._progress:
             return self._progress.wait_for(lambda: self._queue.depth == 0, timeout_s)
 
+    def wait_settled(self, timeout_s: float | None) -> StuckCommit | None:
+        """Wait until no record is pending or the head is stuck; the stuck head, if any.
+
+        Raises ``TimeoutError`` when ``timeout_s`` ran out first.
+        """
+        with self._progress:
+            if not self._progress.wait_for(
+                lambda: self._stuck is not None or self._queue.depth == 0, timeout_s
+            ):
+                raise TimeoutError
+            return self._stuck
+
+    @property
+    def stuck(self) -> StuckCommit | None:
+        """The head record when it keeps failing with a non-verdict error, else None."""
+        return self._stuck
+
     # -- the loop -----------------------------------------------------------------
     def _run(self) -> None:
         failures = 0  # consecutive failed rounds, for the backoff
         while not self._stop.is_set():
             self._wake.clear()  # before reading: a kick after the read is not missed
             try:
+                self._set_aside_other_lives()
                 batch = self._queue.pending(limit=_BATCH)
                 for seq, record in batch:
                     failures = self._deliver(seq, record, failures)
@@ -146,11 +199,50 @@ class CommitFlusher:
             if not batch:
                 self._wake.wait(self.poll_interval_s)
 
+    def _set_aside_other_lives(self) -> None:
+        """Set aside pending records of other job lives; logged once per life seen."""
+        if self._job_life is None:
+            return
+        life = self._job_life()
+        if life == self._life_checked:
+            return  # records are appended with the current life: only a new life matters
+        count = self._queue.set_aside_other_lives(life)
+        self._life_checked = life
+        if count:
+            _log.warning(
+                "commit queue %s: set aside %d pending commit record(s) made for another "
+                "life of the job (current life %r); they stay in the file and are never sent "
+                "(see 'dtr queue list', 'dtr queue clear --set-aside')",
+                self._queue.path,
+                count,
+                life,
+            )
+            self._on_set_aside(count)
+            self._notify()
+
+    def _notify(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
     def _deliver(self, seq: int, record: CommitRecord, failures: int) -> int:
         """Send one record until it gets a verdict or the flusher stops; new failure count."""
+        stuck_attempts = 0
         while not self._stop.is_set():
             try:
                 ack = self._send(record)
+            except WrongJobLife as err:
+                self._queue.set_aside(seq)
+                _log.warning(
+                    "commit queue %s: the coordinator says the commit of step %d belongs to "
+                    "another life of the job; set aside (kept, never sent again): %s",
+                    self._queue.path,
+                    record.step,
+                    err,
+                )
+                self._on_set_aside(1)
+                self._stuck = None
+                self._notify()
+                return 0
             except REJECTING_ERRORS as err:
                 _log.error(
                     "coordinator rejected the commit of step %d (generation %d) for good; "
@@ -162,9 +254,14 @@ class CommitFlusher:
                 ack = CommitAck(CommitOutcome.REJECTED)
             except Exception as err:
                 failures += 1
+                stuck_attempts = 0 if is_retryable(err) else stuck_attempts + 1
+                if stuck_attempts >= STUCK_AFTER:
+                    self._stuck = StuckCommit(record, err, stuck_attempts)
+                    self._notify()
                 self._log_failure(record, err, failures)
                 self._stop.wait(self._backoff_s(failures))
                 continue
+            self._stuck = None
             self._finish(seq, record, ack)
             return 0
         return failures

@@ -13,6 +13,17 @@ deduplicates on the record's key ``(job, step, worker_id, generation)``.
 This is DESIGN §5 invariant 5: nothing accepted here is lost, across a
 partition and across a crash of the worker process.
 
+Job lives: every record carries the job life it was made for (``job_life``,
+``"<etcd cluster id>/<job uid>"``) and the incarnation that wrote its part.
+The queue's key includes the life, so a new life of the job (a fresh
+cluster, a wiped prefix) can queue a step an old life's record still holds.
+Pending records of another life are *set aside* (``set_aside_other_lives``):
+kept in the file, never sent, never blocking the head; ``dtr queue list`` and
+``dtr queue clear`` show and remove them. Records without a life (made
+before lives existed, schema version 1) are adopted while the worker's own
+life is empty too, and set aside once it is not: nothing says they belong to
+it, and replaying another life's record is exactly what must not happen.
+
 The store is one SQLite file in WAL mode with ``synchronous=FULL``; done rows
 are kept (bounded by ``keep_done``) so heartbeats, tests and the chaos checker
 can read what happened to each record.
@@ -31,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +56,10 @@ _log = logging.getLogger(__name__)
 DEFAULT_KEEP_DONE = 1000
 #: SQLite integers are signed 64-bit: larger steps, generations or sizes cannot be stored.
 _INT_LIMIT = 2**63
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+#: Version 2 added the job life and incarnation of each record and the
+#: 'set_aside' state; the queue key (UNIQUE) includes the job life, so a new
+#: life can queue a step an old life's record still holds.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,18 +74,35 @@ CREATE TABLE IF NOT EXISTS commits (
     format_version INTEGER NOT NULL,
     manifest_uri TEXT NOT NULL,
     replicated INTEGER NOT NULL,
+    job_life TEXT NOT NULL DEFAULT '',
+    incarnation INTEGER NOT NULL DEFAULT 0,
     enqueued_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done')),
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'set_aside')),
     outcome TEXT CHECK (outcome IN ('accepted', 'duplicate', 'superseded', 'rejected')),
     done_at REAL,
-    UNIQUE (job, step, worker_id, generation)
+    UNIQUE (job, job_life, step, worker_id, generation)
 );
 CREATE INDEX IF NOT EXISTS commits_by_state ON commits (state, seq);
 """
+#: Version 1 files: the table is rebuilt (SQLite cannot change a UNIQUE
+#: constraint in place); old rows get job life '' and incarnation 0.
+_MIGRATE_FROM_1 = """
+ALTER TABLE commits RENAME TO commits_v1;
+DROP INDEX IF EXISTS commits_by_state;
+{schema}
+INSERT INTO commits (seq, job, step, worker_id, generation, uri, size_bytes,
+    checksum_algorithm, checksum_hex, format_version, manifest_uri, replicated,
+    enqueued_at, state, outcome, done_at)
+  SELECT seq, job, step, worker_id, generation, uri, size_bytes,
+    checksum_algorithm, checksum_hex, format_version, manifest_uri, replicated,
+    enqueued_at, state, outcome, done_at FROM commits_v1;
+DROP TABLE commits_v1;
+"""
 _RECORD_COLUMNS = (
     "job, step, worker_id, generation, uri, size_bytes, checksum_algorithm, "
-    "checksum_hex, format_version, manifest_uri, replicated, enqueued_at"
+    "checksum_hex, format_version, manifest_uri, replicated, job_life, incarnation, enqueued_at"
 )
+_RECORD_COLUMN_COUNT = len(_RECORD_COLUMNS.split(","))
 # Keep the newest `keep_done` done rows, and always the row holding the highest
 # committed step, so last_committed_step survives pruning.
 _PRUNE = """
@@ -81,6 +112,21 @@ DELETE FROM commits WHERE state = 'done'
   AND seq != COALESCE((SELECT seq FROM commits WHERE outcome IN ('accepted', 'duplicate')
                        ORDER BY step DESC, seq DESC LIMIT 1), -1)
 """
+
+
+def state_root(state_dir: str | Path | None = None) -> Path:
+    """``state_dir``, else ``$DTR_STATE_DIR``, else ``~/.local/state/dtr``."""
+    if state_dir:
+        return Path(state_dir)
+    return Path(os.environ.get("DTR_STATE_DIR") or Path.home() / ".local" / "state" / "dtr")
+
+
+def queue_file(job: str, worker_id: str, state_dir: str | Path | None = None) -> Path:
+    """Where a worker's queue lives: ``<state root>/<job>/<worker>.commits.sqlite``.
+
+    Shared by the checkpoint manager and ``dtr queue`` so both find the same file.
+    """
+    return state_root(state_dir) / job / f"{worker_id}.commits.sqlite"
 
 
 class CommitOutcome(enum.StrEnum):
@@ -116,6 +162,11 @@ class CommitRecord:
     format_version: int
     manifest_uri: str = ""
     replicated: bool = False
+    #: The job life the record was made for (``Worker.job_life``); '' when
+    #: the coordinator predates job lives. Never replayed into another life.
+    job_life: str = ""
+    #: The worker incarnation that wrote the part (``Worker.incarnation``).
+    incarnation: int = 0
     enqueued_at: float = field(default_factory=time.time, compare=False)
 
     @classmethod
@@ -129,6 +180,8 @@ class CommitRecord:
         generation: int,
         format_version: int,
         replicated: bool,
+        job_life: str = "",
+        incarnation: int = 0,
     ) -> CommitRecord:
         """The record of a part just made durable (``stored``: what storage answered)."""
         return cls(
@@ -142,13 +195,19 @@ class CommitRecord:
             checksum_hex=stored.checksum.hex_digest,
             format_version=format_version,
             replicated=replicated,
+            job_life=job_life,
+            incarnation=incarnation,
         )
 
     def __post_init__(self) -> None:
         for name in ("job", "worker_id", "uri", "checksum_algorithm", "checksum_hex"):
             if not getattr(self, name):
                 raise InvalidArgument(f"commit record {name}: must not be empty")
-        for name in ("step", "generation", "size_bytes", "format_version"):
+        if not isinstance(self.job_life, str):
+            raise InvalidArgument(
+                f"commit record job_life: must be a string; got {self.job_life!r}"
+            )
+        for name in ("step", "generation", "size_bytes", "format_version", "incarnation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT_LIMIT:
                 raise InvalidArgument(
@@ -159,6 +218,11 @@ class CommitRecord:
     def key(self) -> tuple[str, int, str, int]:
         """The idempotency key the coordinator deduplicates on."""
         return (self.job, self.step, self.worker_id, self.generation)
+
+    @property
+    def queue_key(self) -> tuple[str, str, int, str, int]:
+        """The queue's own key: the coordinator's, within one job life."""
+        return (self.job, self.job_life, self.step, self.worker_id, self.generation)
 
     def has_same_part(self, other: CommitRecord) -> bool:
         """Whether both describe the same bytes (``enqueued_at`` aside)."""
@@ -171,17 +235,23 @@ class CommitEntry:
 
     seq: int
     record: CommitRecord
-    outcome: CommitOutcome | None  # None while pending
+    outcome: CommitOutcome | None  # None while pending or set aside
     done_at: float | None
+    #: 'pending', 'done' or 'set_aside' (made for another job life: kept, never sent).
+    state: str = "pending"
 
     @property
     def is_pending(self) -> bool:
-        return self.outcome is None
+        return self.state == "pending"
+
+    @property
+    def is_set_aside(self) -> bool:
+        return self.state == "set_aside"
 
 
 def _record_of(row: sqlite3.Row | tuple[Any, ...]) -> CommitRecord:
     """A record from the ``_RECORD_COLUMNS`` of a row, in that order."""
-    values = list(row[: len(fields(CommitRecord))])
+    values = list(row[:_RECORD_COLUMN_COUNT])
     values[10] = bool(values[10])  # replicated
     return CommitRecord(*values)
 
@@ -231,8 +301,7 @@ class CommitQueue:
                 raise sqlite3.DatabaseError(
                     f"schema version {version} is newer than this dtr's {_SCHEMA_VERSION}"
                 )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            _create_or_migrate(conn, version)
         except BaseException:
             conn.close()
             raise
@@ -267,9 +336,9 @@ class CommitQueue:
         """
         with self._transaction("append a commit record") as conn:
             row = conn.execute(
-                f"SELECT seq, {_RECORD_COLUMNS} FROM commits "
-                "WHERE job = ? AND step = ? AND worker_id = ? AND generation = ?",
-                record.key,
+                f"SELECT seq, {_RECORD_COLUMNS} FROM commits WHERE job = ? AND job_life = ? "
+                "AND step = ? AND worker_id = ? AND generation = ?",
+                record.queue_key,
             ).fetchone()
             if row is not None:
                 existing = _record_of(row[1:])
@@ -282,7 +351,8 @@ class CommitQueue:
                     )
                 return int(row[0])
             cursor = conn.execute(
-                f"INSERT INTO commits ({_RECORD_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                f"INSERT INTO commits ({_RECORD_COLUMNS}) "
+                f"VALUES ({', '.join('?' * _RECORD_COLUMN_COUNT)})",
                 astuple(record),
             )
             assert cursor.lastrowid is not None
@@ -315,8 +385,8 @@ class CommitQueue:
             ).fetchone()
             if row is None:
                 raise NotFound(f"commit queue {self.path}: no record with sequence {seq}")
-            if row[0] == "done":
-                _log.debug("commit record %d already done (%s); keeping that", seq, row[1])
+            if row[0] != "pending":
+                _log.debug("commit record %d already %s (%s); keeping that", seq, row[0], row[1])
                 return
             conn.execute(
                 "UPDATE commits SET state = 'done', outcome = ?, done_at = ? WHERE seq = ?",
@@ -345,17 +415,69 @@ class CommitQueue:
         """Every row still kept, pending and done, oldest first."""
         with self._transaction("read the history", write=False) as conn:
             rows = conn.execute(
-                f"SELECT seq, {_RECORD_COLUMNS}, outcome, done_at FROM commits ORDER BY seq"
+                f"SELECT seq, {_RECORD_COLUMNS}, outcome, done_at, state FROM commits ORDER BY seq"
             ).fetchall()
         return [
             CommitEntry(
                 seq=int(row[0]),
                 record=_record_of(row[1:]),
-                outcome=None if row[-2] is None else CommitOutcome(row[-2]),
-                done_at=row[-1],
+                outcome=None if row[-3] is None else CommitOutcome(row[-3]),
+                done_at=row[-2],
+                state=str(row[-1]),
             )
             for row in rows
         ]
+
+    # -- job lives -----------------------------------------------------------------
+    def set_aside_other_lives(self, job_life: str) -> int:
+        """Set aside every pending record made for a job life other than ``job_life``.
+
+        Such a record can never commit here (the coordinator's job is another
+        life, or its prefix was wiped): replaying it would only block this
+        life's head or collide with its steps. It stays in the file (``dtr
+        queue list`` shows it, ``dtr queue clear --set-aside`` removes it).
+        Records with an empty life predate job lives: they are adopted while
+        the current life is empty too, and set aside once it is not, since
+        nothing says they belong to it. Returns how many were set aside.
+        """
+        with self._transaction("set aside records of other job lives") as conn:
+            cursor = conn.execute(
+                "UPDATE commits SET state = 'set_aside' WHERE state = 'pending' "
+                "AND job_life != ? AND (job_life != '' OR ? != '')",
+                (job_life, job_life),
+            )
+            return int(cursor.rowcount)
+
+    def set_aside(self, seq: int) -> None:
+        """Set aside one pending record (the coordinator said it is of another job life)."""
+        with self._transaction(f"set aside record {seq}") as conn:
+            conn.execute(
+                "UPDATE commits SET state = 'set_aside' WHERE seq = ? AND state = 'pending'", (seq,)
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Rows per state: ``{"pending": n, "set_aside": n, "done": n}``."""
+        with self._transaction("count records", write=False) as conn:
+            rows = conn.execute("SELECT state, COUNT(*) FROM commits GROUP BY state").fetchall()
+        counts = {"pending": 0, "set_aside": 0, "done": 0}
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def clear(self, *, set_aside: bool = False, pending: bool = False) -> int:
+        """Delete set-aside and/or pending rows (an operator's explicit choice); how many.
+
+        Pending rows are commits not yet answered: deleting them loses those
+        commits for good, which is why it takes its own flag.
+        """
+        states = [
+            name for name, wanted in (("set_aside", set_aside), ("pending", pending)) if wanted
+        ]
+        if not states:
+            raise InvalidArgument("say what to clear: set-aside rows, pending rows or both")
+        with self._transaction(f"clear {' and '.join(states)} rows") as conn:
+            marks = ", ".join("?" * len(states))
+            cursor = conn.execute(f"DELETE FROM commits WHERE state IN ({marks})", states)
+            return int(cursor.rowcount)
 
     def close(self) -> None:
         """Close the file; idempotent. Later calls raise ``CheckpointError``."""
@@ -374,6 +496,23 @@ class CommitQueue:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _create_or_migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Create the table (a new file) or bring a version-1 file to version 2, atomically."""
+    if version == _SCHEMA_VERSION:
+        conn.executescript(_SCHEMA)  # IF NOT EXISTS: a no-op on a current file
+        return
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'commits'"
+    ).fetchone()
+    script = _MIGRATE_FROM_1.format(schema=_SCHEMA) if has_table else _SCHEMA
+    # One transaction: a crash mid-migration leaves the version-1 file as it was.
+    conn.executescript(
+        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {_SCHEMA_VERSION};\nCOMMIT;"
+    )
+    if has_table:
+        _log.info("commit queue migrated from schema version %d to %d", version, _SCHEMA_VERSION)
 
 
 def _fsync_directory(directory: Path) -> None:

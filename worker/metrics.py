@@ -87,6 +87,17 @@ class WorkerMetrics:
             "Bytes of checkpoint parts written to storage.",
             registry=r,
         )
+        # prometheus_client appends "_total" to a counter's name on exposition.
+        self.checkpoint_save_failures = Counter(
+            "dtr_worker_checkpoint_save_failures",
+            "Checkpoint saves that failed (write or queueing); each is also logged at ERROR.",
+            registry=r,
+        )
+        self.commit_records_set_aside = Counter(
+            "dtr_worker_commit_records_set_aside",
+            "Queued commit records set aside because they belong to another job life.",
+            registry=r,
+        )
         self.commit_queue_depth = Gauge(
             "dtr_worker_commit_queue_depth",
             "Checkpoint commits queued on disk, not yet acknowledged by the leader.",

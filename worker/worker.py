@@ -29,10 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from dtr.errors import (
+    BarrierMissed,
     BarrierTimeout,
+    CheckpointError,
     CoordinatorUnavailable,
     DtrError,
     InvalidArgument,
@@ -62,6 +64,13 @@ BARRIER_POLL_S = 10.0
 #: answer arrives as the server's verdict (TIMEOUT) rather than as a deadline.
 _BARRIER_GRACE_S = 2.0
 _CLOSE_DEADLINE_S = 5.0
+#: ``barrier(on_change=...)``: arrive again under the new generation, or raise.
+BarrierOnChange = Literal["rearrive", "raise"]
+_ON_CHANGE: tuple[BarrierOnChange, ...] = ("rearrive", "raise")
+#: A membership-changed answer that taught no newer generation (yet) is
+#: followed by a pause before arriving again, doubling from the first bound
+#: to the second, so such an answer never becomes a hot loop.
+_REARRIVE_PAUSE_S = (0.05, 1.0)
 _CLIENT_VERSION = "dtr-worker/0.1"
 _DEREGISTER_REASON = {
     None: pb.DEREGISTER_REASON_SHUTDOWN,
@@ -80,18 +89,35 @@ def default_worker_id() -> str:
     return f"{host}-rank{rank}" if rank and rank.isdigit() else f"{host}-{os.getpid()}"
 
 
-def _positive(name: str, value: object) -> float:
+#: The coordinator's ranges (coordinator/validation.py, which the worker may
+#: not import): checked here so a value out of range is refused naming its
+#: field before protobuf raises a bare ValueError on a uint32/uint64 field.
+_MAX_NUM_SHARDS = 10_000_000
+_MAX_VNODES = 10_000
+_MIN_LOAD_FACTOR, _MAX_LOAD_FACTOR = 1.0, 100.0
+_EPOCH_LIMIT = 2**63
+
+
+def _positive(name: str, value: object, at_most: float = math.inf) -> float:
+    """A finite number in (0, ``at_most``], as float; ``InvalidArgument`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"{name} must be a number; got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidArgument(f"{name} must be finite and > 0; got {value!r}")
+    if not (math.isfinite(value) and 0 < value <= at_most):
+        bound = "" if at_most == math.inf else f" and <= {at_most:g}"
+        raise InvalidArgument(f"{name} must be finite and > 0{bound}; got {value!r}")
     return float(value)
 
 
+def _whole(name: str, value: object, low: int, high: int) -> int:
+    """An int in [low, high] (bools refused): what a protobuf integer field will hold."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
+    return value
+
+
 def _epoch(epoch: object) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise InvalidArgument(f"epoch must be an integer >= 0; got {epoch!r}")
-    return epoch
+    """An epoch the coordinator accepts: it must fit a signed 64-bit integer."""
+    return _whole("epoch", epoch, 0, _EPOCH_LIMIT - 1)
 
 
 class Worker:
@@ -336,12 +362,16 @@ class Worker:
         ``AlreadyExists`` (a dataset's shards mean one thing for a job's life).
         """
         validate_name("dataset", name)
-        if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-            raise InvalidArgument(f"num_shards must be an integer >= 1; got {num_shards!r}")
-        if load_factor is not None:
-            _positive("load_factor", load_factor)
-        if vnodes is not None and (not isinstance(vnodes, int) or vnodes < 1):
-            raise InvalidArgument(f"vnodes must be an integer >= 1; got {vnodes!r}")
+        _whole("num_shards", num_shards, 1, _MAX_NUM_SHARDS)
+        if vnodes is not None:
+            _whole("vnodes", vnodes, 1, _MAX_VNODES)
+        if load_factor is not None and not (
+            _positive("load_factor", load_factor, _MAX_LOAD_FACTOR) >= _MIN_LOAD_FACTOR
+        ):  # _positive refuses what is not a number; the floor is the coordinator's
+            raise InvalidArgument(
+                f"load_factor must be in [{_MIN_LOAD_FACTOR:g}, {_MAX_LOAD_FACTOR:g}]; "
+                f"got {load_factor!r}"
+            )
         self._check_usable()
         response = self._client.call(
             "RegisterDataset",
@@ -401,37 +431,87 @@ class Worker:
         self._latest[dataset] = fresh
         return fresh
 
-    def barrier(self, name: str, timeout_s: float = 300.0, *, generation: int | None = None) -> int:
+    def barrier(
+        self,
+        name: str,
+        timeout_s: float = 300.0,
+        *,
+        generation: int | None = None,
+        on_change: BarrierOnChange = "rearrive",
+    ) -> int:
         """Wait until every live member arrived at ``name``; returns the barrier's generation.
 
-        The barrier is for the membership generation this worker last heard of
-        (``generation``), or the one given: pass the generation of the shard
-        assignment a step trained on to be sure the barrier releases only if
-        every member trained on the same assignment.
+        Membership that changes before release (a worker joined, left, died,
+        or this worker was declared dead and rejoined) fails the barrier for
+        the old generation. By default (``on_change="rearrive"``) this call
+        then arrives again under the new generation by itself, as often as
+        needed, until the barrier is released or ``timeout_s`` (one deadline
+        for all arrivals) runs out: the plain call is the correct one, and
+        no caller writes a retry loop. ``on_change="raise"`` raises
+        ``MembershipChanged`` instead, for a caller that wants to act on the
+        change first (refresh shards) and then call again. An explicit
+        ``generation`` (pass the generation of the shard assignment a step
+        trained on) pins the barrier to it: it releases only if every member
+        arrived for that generation, and a change raises ``MembershipChanged``
+        whatever ``on_change`` says, since arriving under another generation
+        would break the pin.
 
-        Raises ``MembershipChanged`` when membership changed before release
-        (refresh shards, then call again), ``BarrierTimeout`` when live members
-        are missing at the timeout, ``CoordinatorUnavailable`` when no
-        coordinator answered before it.
+        Raises ``BarrierMissed`` when the barrier was released without this
+        worker's incarnation (it was dead, or is a restarted process of its
+        id): final for this name, every later call answers the same. The
+        loop that handles it is in docs/concepts.md (Barrier). Also raises
+        ``BarrierTimeout`` when live members are missing at the timeout and
+        ``CoordinatorUnavailable`` when no coordinator answered before it.
         """
         validate_name("barrier name", name)
+        if generation is not None:
+            generation = _whole("generation", generation, 1, 2**64 - 1)
         timeout_s = _positive("timeout_s", timeout_s)
+        if on_change not in _ON_CHANGE:
+            raise InvalidArgument(f"on_change must be one of {_ON_CHANGE}; got {on_change!r}")
+        rearrive = on_change == "rearrive" and generation is None
         with self.metrics.barrier_wait():
-            return self._await_barrier(name, timeout_s, generation)
+            return self._await_barrier(name, timeout_s, generation, rearrive)
 
-    def _await_barrier(self, name: str, timeout_s: float, generation: int | None) -> int:
+    def _await_barrier(
+        self, name: str, timeout_s: float, generation: int | None, rearrive: bool
+    ) -> int:
+        """Long polls until a verdict; arrives again after a membership change if ``rearrive``."""
         deadline = time.monotonic() + timeout_s
         last: pb.BarrierResponse | None = None
+        pause_s = _REARRIVE_PAUSE_S[0]
         while (remaining := deadline - time.monotonic()) > 0:
-            poll_s = min(remaining, BARRIER_POLL_S)
-            last = self._barrier_poll(name, generation, poll_s, remaining, timeout_s)
+            believed = self.generation if generation is None else generation
+            try:
+                last = self._barrier_poll(
+                    name, generation, min(remaining, BARRIER_POLL_S), remaining, timeout_s
+                )
+            except MembershipChanged:  # rejoined, or an older coordinator's ABORTED
+                if not rearrive:
+                    raise
+                self._log_rearrival(name, believed)
+                continue
             if last.status == pb.BARRIER_STATUS_RELEASED:
                 return int(last.barrier_generation)
-            if last.status == pb.BARRIER_STATUS_MEMBERSHIP_CHANGED:
-                raise MembershipChanged(
-                    f"barrier {name!r}: membership changed before release (now generation "
-                    f"{self.generation}); refresh shards and call the barrier again"
+            if last.status == pb.BARRIER_STATUS_MISSED:
+                raise BarrierMissed(
+                    f"barrier {name!r} was released without this worker (incarnation "
+                    f"{self._incarnation}): resume from the latest complete checkpoint "
+                    "(CheckpointManager.load_latest) if it is ahead of this worker's step, "
+                    "else go on to the next step; docs/concepts.md shows the loop"
                 )
+            if last.status == pb.BARRIER_STATUS_MEMBERSHIP_CHANGED:
+                if not rearrive:
+                    raise MembershipChanged(
+                        f"barrier {name!r}: membership changed before release (now generation "
+                        f"{self.generation}); refresh shards and call the barrier again"
+                    )
+                self._log_rearrival(name, believed)
+                if self.generation > believed:
+                    pause_s = _REARRIVE_PAUSE_S[0]
+                else:  # no newer generation learned yet: do not spin on the coordinator
+                    time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
+                    pause_s = min(2 * pause_s, _REARRIVE_PAUSE_S[1])
         missing = ", ".join(last.missing_worker_ids) if last else "unknown"
         arrived = f"{last.arrived}/{last.expected}" if last else "?"
         raise BarrierTimeout(
@@ -439,9 +519,25 @@ class Worker:
             f"missing: {missing})"
         )
 
+    def _log_rearrival(self, name: str, believed: int) -> None:
+        """Arriving again is routine (someone joined or left), so INFO, with both generations."""
+        _log.info(
+            "barrier %r: membership changed before release (generation %d -> %d); "
+            "worker %s arrives again",
+            name,
+            believed,
+            self.generation,
+            self.worker_id,
+        )
+
     def _barrier_poll(
         self, name: str, generation: int | None, poll_s: float, remaining_s: float, timeout_s: float
     ) -> pb.BarrierResponse:
+        """One arrival (a long poll), bound to this incarnation; rejoins if the leader forgot us.
+
+        The request is rebuilt on every attempt, so a retry carries the
+        generation and incarnation the worker knows by then.
+        """
         seen = self._incarnation
         self._check_usable()
         try:
@@ -477,7 +573,14 @@ class Worker:
         """Record a durable part with the leader (``CheckpointManager`` queues these first).
 
         ``deadline_s`` shortens the retry budget (the queue's flusher retries anyway).
+        A closed worker raises ``CheckpointError``, not ``InvalidArgument``: the
+        flusher would take the latter for the coordinator's refusal and drop
+        the record, which the next process of this worker must still send.
         """
+        if self._closed:
+            raise CheckpointError(
+                f"worker {self.worker_id} is closed; the commit of step {record.step} stays queued"
+            )
         self._check_usable()
         policy = self._client.policy.with_deadline(deadline_s) if deadline_s else None
         return send_commit(self._client, record, policy)

@@ -34,6 +34,7 @@ from .coordinator_command import add_coordinator_command
 from .demo_command import add_demo_command
 from .etcd_command import add_etcd_command
 from .options import ENV_NOTE, TRUTHY, Parser, add_debug, apply_environment
+from .queue_command import add_queue_command
 from .status_command import add_status_command
 from .up_command import add_up_command
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chaos_command(commands)
     add_demo_command(commands)
     add_certs_command(commands)
+    add_queue_command(commands)
     return parser
 
 

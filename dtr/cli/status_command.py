@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -39,6 +40,8 @@ from .options import (
 )
 from .signals import signals_set
 from .status_format import render_status, status_to_dict
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from dtr.proto.coordinator_pb2 import ClusterStatusResponse
@@ -276,8 +279,15 @@ def ask_cluster_status(
     timeout_s: float,
     security: ClientSecurity | None = None,
 ) -> ClusterStatusResponse:
-    """The first answer, preferring the leader's when a follower names one."""
+    """The first answer, preferring the leader's when a follower names one.
+
+    The named leader is asked only where the worker client would follow the
+    same hint (``dtr.worker.client.hint_allowed``); otherwise the follower's
+    own answer is shown, so a replica advertising a stray address never
+    receives this command's token.
+    """
     from dtr.security import client_security
+    from dtr.worker.client import hint_allowed
 
     security = security or client_security()
     failures: list[str] = []
@@ -287,6 +297,14 @@ def ask_cluster_status(
             continue
         leader = response.header.leader_address
         if response.header.is_leader or not leader or leader == address:
+            return response
+        if not hint_allowed(leader, addresses, tls=security.credentials is not None):
+            _log.warning(
+                "not asking the hinted leader %r: it is not among the coordinators asked "
+                "and TLS is off; showing %s's answer",
+                leader,
+                address,
+            )
             return response
         return _try_one(leader, job, timeout_s, failures, security) or response
     raise CoordinatorUnavailable(f"no coordinator answered ClusterStatus: {'; '.join(failures)}")

@@ -23,15 +23,15 @@ def main() -> None:
 
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    step = 0
+    epoch, step = 0, 0
     if os.path.exists(args.checkpoint):
         state = torch.load(args.checkpoint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+        epoch, step = state["epoch"], state["step"]
 
     loader = DataLoader(dataset(), shuffle=True, batch_size=64)
-    for epoch in range(args.epochs):
+    while epoch < args.epochs:
         for inputs, labels in loader:
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(inputs), labels)
@@ -40,8 +40,9 @@ def main() -> None:
             step += 1
             if step % 100 == 0:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-                torch.save({**state, "step": step}, args.checkpoint)
+                torch.save({**state, "epoch": epoch, "step": step}, args.checkpoint)
         print(f"epoch {epoch}: step {step}, loss {loss.item():.4f}", flush=True)
+        epoch += 1
 
 
 if __name__ == "__main__":

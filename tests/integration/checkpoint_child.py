@@ -6,7 +6,8 @@ joins the job, prints ``ready``, then obeys one command per line:
 - ``save STEP MIB``: save a state of MIB mebibytes filled with STEP; prints
   ``saved STEP`` once the part is durable and its commit queued, or
   ``failed STEP <error type>: <message>``;
-- ``wait``: waits until every queued commit is acknowledged; prints ``committed``;
+- ``wait``: waits until every queued commit is acknowledged; prints ``committed``
+  (or ``wait failed <error type>: <message>``: a save failed since the last wait);
 - ``load``: prints ``loaded STEP VALUE`` (the latest complete step and the
   value its state holds) or ``loaded none``;
 - ``exit``: closes everything and exits 0.
@@ -40,7 +41,10 @@ def obey(manager: CheckpointManager, command: list[str]) -> str:
             return f"failed {step} {type(err).__name__}: {err}"
         return f"saved {step}"
     if command[0] == "wait":
-        manager.wait(timeout_s=60)
+        try:
+            manager.wait(timeout_s=60)
+        except DtrError as err:  # the first save that failed since the last wait
+            return f"wait failed {type(err).__name__}: {err}"
         return "committed"
     if command[0] == "load":
         state, step = manager.load_latest(default=(None, None))

@@ -40,14 +40,16 @@ class _Core:
         self.metrics = CoordinatorMetrics()
         self.is_leader = True
         self.keys = SimpleNamespace(job="default")
-        self.config = SimpleNamespace(heartbeat_interval_s=1.0, heartbeat_timeout_s=30.0)
+        self.config = SimpleNamespace(
+            heartbeat_interval_s=1.0, heartbeat_timeout_s=30.0, rendezvous_idle_ttl_s=60
+        )
         self.elector = SimpleNamespace(leader=lambda: None)
         self.term_lost_listeners: list[Any] = []  # the servicer's rendezvous part hooks in
 
     async def register_worker(self, worker_id: str, capacity: float, **_: Any) -> Any:
         with self.metrics.etcd("write"):
             await asyncio.sleep(0)
-        return SimpleNamespace(incarnation=1), SimpleNamespace(generation=1)
+        return SimpleNamespace(incarnation=1), SimpleNamespace(generation=1, job_life="")
 
 
 @pytest.fixture

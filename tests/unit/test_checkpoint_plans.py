@@ -65,7 +65,7 @@ def test_the_last_member_to_commit_completes_the_step_and_moves_latest_in_one_wr
     first = plan_commit(KEYS, view, StepState(100), None, commit("a"))
     assert first.state is not None
     last = plan_commit(KEYS, view, first.state, None, commit("b"))
-    done = CompleteRecord(100, 5, ("a", "b"))
+    done = CompleteRecord(100, 5, 2)
     assert (last.status, last.step_complete, last.latest) == ("accepted", True, done)
     assert last.plan is not None
     assert Put(KEYS.latest_checkpoint, done.encode()) in last.plan.ops
@@ -87,7 +87,7 @@ def test_a_commit_for_an_old_generation_is_superseded_and_writes_nothing() -> No
 
 
 def test_a_commit_at_or_below_the_latest_complete_step_is_superseded() -> None:
-    latest = CompleteRecord(200, 5, ("a",))
+    latest = CompleteRecord(200, 5, 1)
     for step in (100, 200):
         decision = plan_commit(KEYS, view_with("a"), StepState(step), latest, commit("a", step))
         assert (decision.status, decision.latest) == ("superseded", latest)
@@ -128,7 +128,7 @@ def test_the_book_forgets_everything_on_reset_and_bounds_its_cache() -> None:
     for step in range(100):
         decision = plan_commit(KEYS, view, StepState(step), book.latest, commit("a", step))
         book.on_applied(decision)
-    assert book.latest == CompleteRecord(99, 5, ("a",))
+    assert book.latest == CompleteRecord(99, 5, 1)
     assert len(book.steps) <= 64
     book.reset()
     assert (book.latest, book.loaded, book.steps) == (None, False, {})

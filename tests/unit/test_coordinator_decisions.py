@@ -10,6 +10,7 @@ from dtr.coordinator.barriers import (
     decode_state,
     plan_arrivals,
     reopened,
+    still_valid,
 )
 from dtr.coordinator.config import CoordinatorConfig
 from dtr.coordinator.election import Candidate, Term, leader_of
@@ -21,7 +22,13 @@ from dtr.coordinator.membership import (
     plan_register_dataset,
 )
 from dtr.coordinator.state import ClusterView, DatasetRecord, MemberRecord
-from dtr.errors import AlreadyExists, InvalidArgument, MembershipChanged, NotFound
+from dtr.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    MembershipChanged,
+    NotFound,
+    StaleIncarnation,
+)
 from dtr.keys import JobKeys
 from dtr.store import Compare, Delete, Put
 
@@ -43,11 +50,13 @@ def test_a_new_worker_bumps_the_generation_once_and_is_guarded_by_absence() -> N
     assert Put(KEYS.generation, b"4") in plan.ops
 
 
-def test_re_registering_a_live_worker_keeps_the_generation_and_bumps_the_incarnation() -> None:
-    plan = plan_register(KEYS, view_with("a"), "a", 1.0, host="", pid=0)
-    assert plan.view.generation == 3
+def test_re_registering_a_live_worker_is_a_new_incarnation_and_a_membership_change() -> None:
+    # A restarted process did none of what the old one did: the generation
+    # moves, so the old incarnation's arrivals and parts stop counting.
+    plan = plan_register(KEYS, view_with("a", "b"), "a", 1.0, host="", pid=0)
+    assert plan.view.generation == 4
     assert plan.view.members["a"].incarnation == 2
-    assert not any(op.key == KEYS.generation for op in plan.ops)
+    assert sum(1 for op in plan.ops if op.key == KEYS.generation) == 1
 
 
 def test_a_dead_worker_that_returns_or_changes_capacity_moves_the_generation() -> None:
@@ -95,17 +104,17 @@ def test_a_barrier_releases_once_every_live_member_has_arrived() -> None:
     plan, state = plan_arrivals(KEYS, view, state, ["a", "b"])
     assert not state.released and Compare.absent(KEYS.barrier_state("step-1")) in plan.compares
     plan, state = plan_arrivals(KEYS, view, state, ["b", "c"])  # b retries: counted once
-    assert state.released and state.arrived == {"a", "b", "c"}
+    assert state.released and state.arrived == {"a": 1, "b": 1, "c": 1}
     assert sum(1 for op in plan.ops if op.key == KEYS.barrier_arrival("step-1", "b")) == 0
     assert state.outcome(view).status == "released"
 
 
 def test_a_barrier_open_for_an_old_generation_has_failed_and_reopens_empty() -> None:
-    old = BarrierState("b", generation=3, arrived={"a"}, stored=b'{"generation": 3}')
+    old = BarrierState("b", generation=3, arrived={"a": 1}, stored=b'{"generation": 3}')
     moved = view_with("a", "b", generation=4)
     assert old.outcome(moved).status == "membership_changed"
     fresh = reopened(old, "b", moved)
-    assert (fresh.generation, fresh.arrived, fresh.stored) == (4, set(), old.stored)
+    assert (fresh.generation, fresh.arrived, fresh.stored) == (4, {}, old.stored)
     released = BarrierState("b", generation=3, released=True)
     assert reopened(released, "b", moved) is released
 
@@ -114,9 +123,9 @@ def test_arrivals_of_other_generations_do_not_count_after_a_reload() -> None:
     state = decode_state(
         "b",
         b'{"generation": 5, "released": false}',
-        [("a", b'{"generation": 5}'), ("b", b'{"generation": 4}')],
+        [("a", b'{"generation": 5, "incarnation": 2}'), ("b", b'{"generation": 4}')],
     )
-    assert state is not None and state.arrived == {"a"}
+    assert state is not None and state.arrived == {"a": 2}
     assert decode_state("b", None, []) is None
 
 
@@ -164,3 +173,34 @@ def test_configs_that_cannot_work_are_refused_naming_the_field(
 def test_the_default_config_renews_three_times_per_deadline() -> None:
     config = CoordinatorConfig(etcd_endpoints=("127.0.0.1:2379",))
     assert config.keepalive_interval_s * 3 <= config.renew_deadline_s < config.lease_ttl_s
+
+
+def test_arrivals_are_stamped_with_the_incarnation_that_made_them() -> None:
+    view = view_with("a", "b")
+    plan, state = plan_arrivals(KEYS, view, reopened(None, "s", view), ["a"])
+    assert state.arrived == {"a": 1}
+    assert b'"incarnation": 1' in next(op.value for op in plan.ops if isinstance(op, Put))
+    assert state.has_arrival_of("a", 1) and not state.has_arrival_of("a", 2)
+    assert not state.has_arrival_of("b", 1)
+
+
+def test_an_older_incarnation_may_not_arrive_for_its_successor() -> None:
+    members = {"a": MemberRecord("a", 1.0, True, 2)}
+    view = ClusterView(generation=3).replace(members=members)
+    check_arrival(view, "a", 3, incarnation=2)
+    check_arrival(view, "a", 3)  # 0: an older client that does not say
+    with pytest.raises(StaleIncarnation, match="incarnation 1 was replaced"):
+        check_arrival(view, "a", 3, incarnation=1)
+
+
+def test_a_queued_arrival_is_written_only_for_its_own_incarnation_and_generation() -> None:
+    members = {
+        "a": MemberRecord("a", 1.0, True, 1),
+        "w": MemberRecord("w", 1.0, True, 2),  # restarted since it arrived as incarnation 1
+        "d": MemberRecord("d", 1.0, False, 1),
+    }
+    view = ClusterView(generation=5).replace(members=members)
+    state = reopened(None, "b", view)
+    queued = {"a": (1, 5), "w": (1, 4), "d": (1, 5), "late": (1, 4)}
+    assert still_valid(view, state, queued) == ["a"]
+    assert still_valid(view, state, {"w": (2, 5)}) == ["w"]
