@@ -31,6 +31,7 @@ from .rendezvous import Rendezvous, StateRead
 from .state import ClusterView, DatasetRecord
 from .status_codes import status_for
 from .validation import CheckpointProgressReport
+from .wire import refuse_malformed
 
 _log = logging.getLogger(__name__)
 _Response = TypeVar("_Response")
@@ -161,6 +162,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[pb.HeartbeatStreamResponse]:
         try:
             async for request in request_iterator:
+                await refuse_malformed("HeartbeatStream", request, context)
                 validation.job_of(request.header, self.job)  # not wrapped by _handler
                 header, status, sequence = await self._beat(request)
                 yield pb.HeartbeatStreamResponse(

@@ -17,6 +17,7 @@ the coordinator's answer, not a client's retries.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -252,10 +253,12 @@ def test_a_commit_cancelled_while_its_write_is_in_flight_still_completes_the_ste
     with cluster_dialing_etcd_through_proxies(replicas=1, etcd=etcd, job=job) as (cluster, proxies):
         channel = grpc.insecure_channel(cluster.leader().address)
         stub = pb_grpc.CoordinatorStub(channel)
-        a, b = (RawWorker(stub, cluster.job, i).register() for i in ("a", "b"))
-        a.generation = b.generation
-        # Warm the leader's checkpoint book for step 7 with an earlier commit.
-        stub.CommitCheckpoint(_commit(a, 6), timeout=10)
+        a, b, c = (RawWorker(stub, cluster.job, i).register() for i in ("a", "b", "c"))
+        a.generation = b.generation = c.generation
+        # c's commit loads step 7 into the leader's checkpoint book, so a's
+        # commit below goes straight to its write: the call is cancelled while
+        # that transaction is in flight, not while step 7 is being read.
+        stub.CommitCheckpoint(_commit(c, 7), timeout=10)
         for proxy in proxies:
             proxy.delay(0.08)  # each etcd round trip ~0.16 s: longer than a's deadline
         with pytest.raises(grpc.RpcError) as cut:
@@ -271,7 +274,7 @@ def test_a_commit_cancelled_while_its_write_is_in_flight_still_completes_the_ste
             pb.GetLatestCheckpointRequest(header=pb.RequestHeader(job=cluster.job)), timeout=10
         )
         channel.close()
-        assert answer.step_complete, "a's cancelled commit applied, so b's completes step 7"
+        assert answer.step_complete, "a's and c's commits applied, so b's completes step 7"
         assert (latest.has_checkpoint, latest.step) == (True, 7)
 
 
@@ -317,3 +320,55 @@ def _as_of(old: RawWorker, new: RawWorker) -> RawWorker:
         old.job_life,
     )
     return stale
+
+
+# -- one etcd timeout, every barrier ------------------------------------------------
+
+
+def test_a_write_timing_out_wakes_barrier_waiters_instead_of_leaving_them_to_their_poll(
+    etcd: RunningEtcd, store: EtcdStore
+) -> None:
+    """A write whose outcome is unknown makes the leader re-read its cache, barriers included.
+
+    The waiters of the dropped barrier states must be told at once (UNAVAILABLE:
+    retry), not left to sit out a long poll nobody will ever answer. A long
+    lease keeps the leadership out of it; only the write times out.
+    """
+    job = unique_job("stale")
+    options = ("--lease-ttl-s", "10", "--renew-deadline-s", "8")
+    timeouts = ("--etcd-write-timeout-s", "0.5", "--etcd-read-timeout-s", "5")
+    with cluster_dialing_etcd_through_proxies(
+        etcd, replicas=1, job=job, extra_args=(*options, *timeouts)
+    ) as (cluster, proxies):
+        channel = grpc.insecure_channel(cluster.leader().address)
+        stub = pb_grpc.CoordinatorStub(channel)
+        a, b = (RawWorker(stub, job, i).register() for i in ("a", "b"))
+        a.generation = b.generation
+        answer: list[object] = []
+
+        def wait_at_barrier() -> None:
+            started = time.monotonic()
+            try:
+                answer.append(a.arrive("b", wait_s=9.0).status)
+            except grpc.RpcError as err:
+                answer.append(err.code())
+            answer.append(time.monotonic() - started)
+
+        waiter = threading.Thread(target=wait_at_barrier)
+        waiter.start()
+        arrival = JobKeys(job).barrier_arrival("b", "a")
+        wait_until(lambda: _exists(store, arrival), 10, "a's arrival recorded")
+        for proxy in proxies:
+            proxy.delay(0.4)  # a round trip of ~0.8 s: past the 0.5 s write timeout
+        with pytest.raises(grpc.RpcError):  # its writes time out; the cache goes stale
+            stub.RegisterDataset(
+                pb.RegisterDatasetRequest(header=pb.RequestHeader(job=job), name="d", num_shards=8),
+                timeout=4,
+            )
+        for proxy in proxies:
+            proxy.heal()
+        waiter.join(15)
+        channel.close()
+    status, elapsed_s = answer
+    assert status == grpc.StatusCode.UNAVAILABLE, f"answered {status} after {elapsed_s:.1f} s"
+    assert isinstance(elapsed_s, float) and elapsed_s < 6.0
