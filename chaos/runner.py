@@ -29,10 +29,13 @@ from typing import Any
 
 from dtr.errors import DtrError, InvalidArgument
 from dtr.etcd import pick_free_ports
+from dtr.keys import JobKeys
 
 from .checker_base import CheckResult, FinalState, Violation
+from .checker_record import check_record
 from .checkers import check_all
 from .cluster import ClusterError, LocalCluster
+from .etcd_record import read_record
 from .history import Event, History, read_history
 from .measures import Failovers, failover_times, operation_counts, settle_time
 from .nemesis import FaultRecord, Nemesis, Targets
@@ -152,6 +155,7 @@ def run_scenario(
         operations=operation_counts(events),
         checks=(
             *check_all(events, final, settle_s=scenario.settle_s),
+            *run.record_checks,
             check_workers(run.outcomes),
         ),
         failovers=failover_times(events),
@@ -216,6 +220,8 @@ class _Run:
         }
         self.history.record(Event(0.0, "harness", "info", "run", value))
         job = f"chaos-{self.scenario.name}-{self.seed}"
+        self.keys = JobKeys(job)
+        self.record_checks: list[CheckResult] = []
         self.storage = start_storage(stack, self.scenario, self.work_dir, job, self.s3_endpoint)
         self._start_cluster(stack, job)
         self._start_workers(stack)
@@ -383,8 +389,19 @@ class _Run:
         self.poller.stop()
         self.poller.poll()
         final = self._capture()
+        self.record_checks = self._audit_record()
         # Liveness judges the workers that were still training at the deadline.
         return dataclasses.replace(final, live_workers=tuple(sorted(running)))
+
+    def _audit_record(self) -> list[CheckResult]:
+        """Judge etcd's own record of the job (``checker_record.py``), read before etcd stops."""
+        try:
+            events = read_record(self.cluster.etcd_endpoints, self.keys)
+        except DtrError as err:
+            why = f"etcd's record could not be read: {err}"
+            self.say(why)
+            return [CheckResult("record", False, 0, (Violation(why),))]
+        return check_record(events, self.keys)
 
     def _running_workers(self) -> set[str]:
         running = set(self.pool.running_ids())

@@ -122,6 +122,7 @@ class Elector:
         """
         self._store = store
         self._keys = keys
+        self.replica_id = replica_id
         self._value = encode_candidate(replica_id, address)
         self._address = address
         self._ttl_s = lease_ttl_s

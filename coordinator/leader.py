@@ -21,6 +21,7 @@ before it is sent (``dtr.store_types.check_txn_limits``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -217,7 +218,9 @@ class Coordinator:
         fence = [term.fence()] if self.elector.self_fencing else []
         created = Put(self.keys.job_life, uuid.uuid4().hex.encode())
         await asyncio.to_thread(
-            self.store.txn, [*fence, Compare.absent(self.keys.job_life)], [created]
+            self.store.txn,
+            [*fence, Compare.absent(self.keys.job_life)],
+            [created, self._stamp(term)],
         )
         view = await asyncio.to_thread(load_view, self.store, self.keys)
         if not view.job_life:  # the fence failed: this term is over
@@ -284,10 +287,9 @@ class Coordinator:
             with self.metrics.etcd("write"):
                 fence = [term.fence()] if self.elector.self_fencing else []
                 compares = [*fence, *plan.compares]
-                check_txn_limits(compares, plan.ops, [Get(term.key)])
-                result = await asyncio.to_thread(
-                    self.store.txn, compares, plan.ops, [Get(term.key)]
-                )
+                ops = [*plan.ops, self._stamp(term)]
+                check_txn_limits(compares, ops, [Get(term.key)])
+                result = await asyncio.to_thread(self.store.txn, compares, ops, [Get(term.key)])
         except StoreUnavailable:
             self._stale = True  # the outcome is unknown: re-read before the next write
             raise
@@ -299,6 +301,11 @@ class Coordinator:
             return self._view
         self._check_fence(term, result)
         raise _StalePlan()
+
+    def _stamp(self, term: Term) -> Put:
+        """The put every leader transaction carries: who wrote it, under which term."""
+        stamp = {"replica": self.elector.replica_id, "term": term.revision}
+        return Put(self.keys.writer, json.dumps(stamp, sort_keys=True).encode())
 
     def _check_fence(self, term: Term, refused: TxnResult) -> None:
         """After a refused transaction whose first failure read is the leader key:
@@ -325,10 +332,11 @@ class Coordinator:
         """
         term = await self._leading_term()
         fence = [term.fence()] if self.elector.self_fencing else []
-        check_txn_limits([*fence, *compares], ops, [Get(term.key), *reads])
+        stamped = [*ops, self._stamp(term)]
+        check_txn_limits([*fence, *compares], stamped, [Get(term.key), *reads])
         with self.metrics.etcd("write"):
             result = await asyncio.to_thread(
-                self.store.txn, [*fence, *compares], ops, [Get(term.key), *reads]
+                self.store.txn, [*fence, *compares], stamped, [Get(term.key), *reads]
             )
         if result.succeeded:
             return result

@@ -19,6 +19,7 @@ Layout (``<J>`` = ``<root>/jobs/<job>``)::
     <J>/checkpoints/complete/<step, 20 digits>   a complete step: generation, member count
     <J>/checkpoints/latest                 the latest complete step
     <J>/life                               the job life's uid (written by its first leader)
+    <J>/writer                             replica and term of the latest leader transaction
     <J>/rendezvous/<rdzv id>/state         torchrun's rendezvous state (compare-and-set)
     <J>/rendezvous/<rdzv id>/store/<hex>   its agents' store, keys hex-encoded
     <J>/rendezvous/<rdzv id>/adds/<request id>   the answer of one Store.add, for retries
@@ -127,6 +128,16 @@ class JobKeys:
     @property
     def generation(self) -> str:
         return f"{self.prefix}generation"
+
+    @property
+    def writer(self) -> str:
+        """Who wrote last: every leader transaction puts its replica and term here.
+
+        One put per transaction, so etcd's own history names the writer and
+        the fencing token of every leader write (DESIGN §5 invariant 1); the
+        chaos harness audits that record (``chaos/checker_record.py``).
+        """
+        return f"{self.prefix}writer"
 
     @property
     def job_life(self) -> str:

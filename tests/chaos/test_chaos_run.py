@@ -60,6 +60,14 @@ def test_a_short_leader_kill_run_injects_heals_measures_failover_and_passes_ever
 
     failed = {c.name: [v.message for v in c.violations] for c in result.checks if not c.ok}
     assert result.passed, failed
+    record = {c.name: c.checked for c in result.checks if c.name.startswith("record-")}
+    assert set(record) == {
+        "record-fencing",
+        "record-barriers",
+        "record-checkpoints",
+        "record-members",
+    }
+    assert all(checked > 0 for checked in record.values()), record  # etcd's record was judged
     assert lines[0].startswith(f"seed {SEED}: scenario leader-crash-loop")
     healed = [f for f in result.faults if f.outcome == "healed"]
     assert len(healed) == len(result.schedule) == 2

@@ -138,6 +138,10 @@ def test_a_coordinator_without_fencing_is_caught_by_the_claims_checker(tmp_path:
     split_brain = ("still claimed term", "claimed by 2 replicas", "claimed by 3 replicas")
     messages = [v.message for v in claims.violations]
     assert any(sign in m for m in messages for sign in split_brain), messages
+    # etcd's own record names the deposed replica's unfenced writes too.
+    fencing = check(result, "record-fencing")
+    assert not fencing.ok and fencing.checked > 0
+    assert any("while the current term was" in v.message for v in fencing.violations)
 
 
 def test_slow_s3_storage_slows_saves_and_every_complete_step_stays_whole(tmp_path: Path) -> None:

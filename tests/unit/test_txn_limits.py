@@ -39,7 +39,7 @@ from dtr.coordinator.membership import (
 from dtr.coordinator.state import ClusterView, DatasetRecord, MemberRecord
 from dtr.coordinator.validation import CheckpointCommit, CheckpointPartSpec
 from dtr.keys import JobKeys
-from dtr.store import Compare, Get
+from dtr.store import Compare, Get, Put
 from dtr.store_types import (
     ETCD_MAX_REQUEST_BYTES,
     ETCD_MAX_TXN_OPS,
@@ -68,12 +68,13 @@ def big_view(generation: int = 7) -> ClusterView:
 
 
 def assert_within_etcd_limits(plan: WritePlan) -> None:
-    """The plan alone within its budget, and as sent (fence + leader read) within etcd's."""
+    """The plan within its budget; as sent (fence, writer stamp, leader read) within etcd's."""
     check_txn_limits(plan.compares, plan.ops, max_ops=PLAN_MAX_OPS, max_bytes=PLAN_MAX_BYTES)
     fenced = [Compare.created_at(LEADER_KEY, 1), *plan.compares]
+    stamp = Put(KEYS.writer, b'{"replica": "' + b"r" * 128 + b'", "term": 9223372036854775807}')
     check_txn_limits(
         fenced,
-        plan.ops,
+        [*plan.ops, stamp],
         [Get(LEADER_KEY)],
         max_ops=ETCD_MAX_TXN_OPS - 1,
         max_bytes=ETCD_MAX_REQUEST_BYTES,
