@@ -26,7 +26,14 @@ running worker) — a fault not injected is not a fault survived.
 - ``disk-full``: the checkpoint tmpfs filled to ENOSPC with a ballast file
   (``disk.py``), heal = delete it;
 - ``slow-storage``: the proxy in front of the run's S3 server delays every
-  chunk by ``SLOW_STORAGE_DELAY_S``, heal = heal.
+  chunk by ``SLOW_STORAGE_DELAY_S``, heal = heal;
+- ``worker-restart-same-id``: SIGKILL a workload and start it again at once
+  under the same id with its commit queue, well inside the heartbeat
+  timeout: a new incarnation while the old one is still a live member (the
+  fault lasts until the next one; healing has nothing left to undo);
+- ``etcd-slow``: every replica's etcd proxies delay each chunk by a seeded
+  50-400 ms each way (round trips of 0.1-0.8 s, keep-alives included),
+  heal = heal: a slow etcd must cost no leadership (DESIGN §4).
 
 What is not here: when faults happen (``scenario.schedule``) and the run
 around them (``runner.py``). Faults are injected one at a time.
@@ -57,6 +64,8 @@ LEADER_WAIT_S = 15.0
 RESTART_WAIT_S = 30.0
 #: ``slow-storage``: each chunk to or from S3 waits this long (a saturated link).
 SLOW_STORAGE_DELAY_S = 0.5
+#: ``etcd-slow``: the one-way delay is drawn from this range (round trips of 0.1-0.8 s).
+ETCD_SLOW_DELAY_S = (0.05, 0.4)
 
 
 class NoTarget(DtrError):
@@ -132,6 +141,8 @@ _F_OF = {
     FaultKind.PARTITION_LEADER_ETCD: "partition",
     FaultKind.DISK_FULL: "fill",
     FaultKind.SLOW_STORAGE: "delay",
+    FaultKind.WORKER_RESTART_SAME_ID: "kill",
+    FaultKind.ETCD_SLOW: "delay",
 }
 
 
@@ -338,6 +349,24 @@ def _slow_storage(targets: Targets, rng: random.Random) -> Injected:
     return Injected(value, proxy.heal)
 
 
+def _restart_worker_same_id(targets: Targets, rng: random.Random) -> Injected:
+    worker_id = _running_worker(targets, rng)
+    targets.workers.kill(worker_id)
+    targets.workers.start(worker_id)
+    return Injected({"target": worker_id, "restarted": "at once"}, lambda: None)
+
+
+def _slow_etcd(targets: Targets, rng: random.Random) -> Injected:
+    proxies = [proxy for replica in targets.etcd_proxies for proxy in replica]
+    if not proxies:
+        raise NoTarget("the replicas dial etcd directly: no proxy to slow")
+    delay_s = round(rng.uniform(*ETCD_SLOW_DELAY_S), 3)
+    for proxy in proxies:
+        proxy.delay(delay_s)
+    value = {"target": "etcd, from every replica", "delay_s": delay_s}
+    return Injected(value, _heal_proxies(proxies))
+
+
 _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.LEADER_KILL: _kill_leader,
     FaultKind.REPLICA_KILL: _kill_replica,
@@ -349,4 +378,6 @@ _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.PARTITION_LEADER_ETCD: _partition_leader_from_etcd,
     FaultKind.DISK_FULL: _fill_storage,
     FaultKind.SLOW_STORAGE: _slow_storage,
+    FaultKind.WORKER_RESTART_SAME_ID: _restart_worker_same_id,
+    FaultKind.ETCD_SLOW: _slow_etcd,
 }

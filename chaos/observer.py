@@ -115,7 +115,10 @@ def capture_final_state(
     ``storage_options`` go to ``open_storage`` (an S3 run's own endpoint).
     """
     status = cluster.status()
-    client = CoordinatorClient(cluster.endpoints, job=cluster.job, caller_id="dtr-chaos")
+    # The replicas' own addresses first; their advertised ones (proxies) too, so a
+    # leader hint, which names the advertised address, is one the client may follow.
+    addresses = list(dict.fromkeys([*cluster.endpoints, *cluster.coordinators.split(",")]))
+    client = CoordinatorClient(addresses, job=cluster.job, caller_id="dtr-chaos")
     complete: dict[int, tuple[str, ...]] = {}
     verified: dict[tuple[int, str], bool] = {}
     try:

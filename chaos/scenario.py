@@ -73,6 +73,8 @@ class FaultKind(enum.StrEnum):
     PARTITION_LEADER_ETCD = "partition-leader-etcd"
     DISK_FULL = "disk-full"
     SLOW_STORAGE = "slow-storage"
+    WORKER_RESTART_SAME_ID = "worker-restart-same-id"
+    ETCD_SLOW = "etcd-slow"
 
 
 #: Faults that need another replica to take over.

@@ -176,3 +176,22 @@ def test_barriers_hold_while_the_leader_forgets_old_ones_through_leader_kills(
     assert check(result, "barriers").checked > 8
     logs = "".join(p.read_text() for p in (result.work_dir / "logs").glob("replica-*.log"))
     assert "barrier retention: forgot" in logs
+
+
+def test_a_worker_restarted_under_its_own_id_and_a_slow_etcd_break_no_record_invariant(
+    tmp_path: Path,
+) -> None:
+    result = run("identity-and-time", 12, tmp_path)  # seed 12: one fault of each new kind
+
+    assert result.passed, failures(result)
+    healed = {f.kind.value for f in result.faults if f.outcome == "healed"}
+    assert healed == {"etcd-slow", "worker-restart-same-id"}
+    restarted = next(f for f in result.faults if f.kind.value == "worker-restart-same-id")
+    incarnations = [
+        e.value["incarnation"]
+        for e in events_of(result)
+        if e.process == f"worker:{restarted.target}" and e.f == "register" and e.type == "ok"
+    ]
+    assert len(incarnations) >= 2 and incarnations == sorted(incarnations)
+    assert check(result, "record-barriers").checked > 0
+    assert check(result, "record-fencing").checked > 0

@@ -145,6 +145,7 @@ SHIPPED = {
     "disk-full",
     "scale-200",
     "slow-storage",
+    "identity-and-time",
 }
 
 
