@@ -39,6 +39,7 @@ from dtr.errors import (
     DtrError,
     InvalidArgument,
     MembershipChanged,
+    StaleIncarnation,
     UnknownWorker,
     WorkerSuperseded,
 )
@@ -565,6 +566,17 @@ class Worker:
             raise MembershipChanged(
                 f"barrier {name!r}: this worker had been removed from the job and rejoined "
                 f"(generation {self.generation}); refresh shards and call the barrier again"
+            ) from err
+        except StaleIncarnation as err:
+            if seen != self._incarnation:  # this process registered again meanwhile
+                raise MembershipChanged(
+                    f"barrier {name!r}: this worker registered again during the call "
+                    f"(incarnation {self._incarnation}); call the barrier again"
+                ) from err
+            self._superseded = True  # another process took the id: a twin
+            raise WorkerSuperseded(
+                f"worker {self.worker_id}: a newer incarnation of this id registered "
+                f"(barrier {name!r}); stop this process"
             ) from err
         return response
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from dtr.chaos.cluster import LocalCluster
-from dtr.errors import BarrierMissed, MembershipChanged
+from dtr.errors import BarrierMissed, MembershipChanged, WorkerSuperseded
 from dtr.etcd import RunningEtcd
 from dtr.worker import CheckpointManager, Worker
 from helpers import ProxiedCluster, proxied_cluster, wait_until
@@ -235,3 +235,18 @@ def test_a_rejoined_worker_gets_barrier_missed_at_once_and_on_every_call(
         # The loop goes on: both meet at the next barrier.
         next_one = Waiter(lambda: cut.barrier("step-6", timeout_s=BARRIER_TIMEOUT_S))
         assert kept.barrier("step-6", timeout_s=BARRIER_TIMEOUT_S) == next_one.get()
+
+
+def test_a_twin_taking_the_id_makes_the_old_process_stop_at_its_next_barrier(
+    single: LocalCluster,
+) -> None:
+    old = join(single, "w")
+    try:
+        with join(single, "w") as twin:  # a second process under the same id
+            assert twin.incarnation == old.incarnation + 1
+            started = time.monotonic()
+            with pytest.raises(WorkerSuperseded):
+                old.barrier("b", timeout_s=20)
+            assert time.monotonic() - started < 10  # told, not left to its timeout
+    finally:
+        old.close()
