@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from dtr.coordinator.election import decode_candidate
 from dtr.keys import JobKeys
 
 from .checker_base import MAX_VIOLATIONS, CheckResult, Violation
@@ -70,9 +71,9 @@ class _State:
     def apply(self, event: RecordEvent) -> None:
         keys, key, put = self.keys, event.key, event.kind == "put"
         if key.startswith(keys.election_prefix):
-            if put:
+            if put and _is_candidate(event):
                 self.candidates[key] = event.create_revision
-            else:
+            else:  # deleted, or a stray key the elector ignores too
                 self.candidates.pop(key, None)
         elif key.startswith(keys.members_prefix):
             worker = key[len(keys.members_prefix) :]
@@ -109,6 +110,15 @@ class _State:
 
     def leader_term(self) -> int | None:
         return min(self.candidates.values(), default=None)
+
+
+def _is_candidate(event: RecordEvent) -> bool:
+    """Whether the elector would count this key: it ignores keys it cannot decode."""
+    try:
+        decode_candidate(event.key, event.value, event.create_revision)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_leader_write(keys: JobKeys, event: RecordEvent) -> bool:

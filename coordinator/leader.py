@@ -215,13 +215,8 @@ class Coordinator:
         wiped, or reused on another etcd cluster, gets a new uid, and workers
         tag their local state with it (DESIGN §5 invariant 5).
         """
-        fence = [term.fence()] if self.elector.self_fencing else []
         created = Put(self.keys.job_life, uuid.uuid4().hex.encode())
-        await asyncio.to_thread(
-            self.store.txn,
-            [*fence, Compare.absent(self.keys.job_life)],
-            [created, self._stamp(term)],
-        )
+        await self._leader_txn(term, [Compare.absent(self.keys.job_life)], [created])
         view = await asyncio.to_thread(load_view, self.store, self.keys)
         if not view.job_life:  # the fence failed: this term is over
             raise CoordinatorUnavailable(
@@ -284,12 +279,7 @@ class Coordinator:
 
     async def _apply(self, term: Term, plan: WritePlan) -> ClusterView:
         try:
-            with self.metrics.etcd("write"):
-                fence = [term.fence()] if self.elector.self_fencing else []
-                compares = [*fence, *plan.compares]
-                ops = [*plan.ops, self._stamp(term)]
-                check_txn_limits(compares, ops, [Get(term.key)])
-                result = await asyncio.to_thread(self.store.txn, compares, ops, [Get(term.key)])
+            result = await self._leader_txn(term, plan.compares, plan.ops)
         except StoreUnavailable:
             self._stale = True  # the outcome is unknown: re-read before the next write
             raise
@@ -302,10 +292,28 @@ class Coordinator:
         self._check_fence(term, result)
         raise _StalePlan()
 
-    def _stamp(self, term: Term) -> Put:
-        """The put every leader transaction carries: who wrote it, under which term."""
+    async def _leader_txn(
+        self,
+        term: Term,
+        compares: Sequence[Compare],
+        ops: Sequence[Op],
+        reads: Sequence[Get] = (),
+    ) -> TxnResult:
+        """The one way a leader writes: ``[fence, *compares] → [*ops, stamp]``, else reads.
+
+        The fence is the leader key's create revision (DESIGN §4); the stamp
+        (``<J>/writer``: replica and term) makes etcd's own history name the
+        writer of every leader transaction (DESIGN §5.1). The leader key is
+        the first read on failure, for ``_check_fence``. Checked against
+        etcd's limits before it is sent.
+        """
+        fence = [term.fence()] if self.elector.self_fencing else []
         stamp = {"replica": self.elector.replica_id, "term": term.revision}
-        return Put(self.keys.writer, json.dumps(stamp, sort_keys=True).encode())
+        stamped = [*ops, Put(self.keys.writer, json.dumps(stamp, sort_keys=True).encode())]
+        failure = [Get(term.key), *reads]
+        check_txn_limits([*fence, *compares], stamped, failure)
+        with self.metrics.etcd("write"):
+            return await asyncio.to_thread(self.store.txn, [*fence, *compares], stamped, failure)
 
     def _check_fence(self, term: Term, refused: TxnResult) -> None:
         """After a refused transaction whose first failure read is the leader key:
@@ -331,13 +339,7 @@ class Coordinator:
         of ``compares`` returns the result with only ``reads``' results.
         """
         term = await self._leading_term()
-        fence = [term.fence()] if self.elector.self_fencing else []
-        stamped = [*ops, self._stamp(term)]
-        check_txn_limits([*fence, *compares], stamped, [Get(term.key), *reads])
-        with self.metrics.etcd("write"):
-            result = await asyncio.to_thread(
-                self.store.txn, [*fence, *compares], stamped, [Get(term.key), *reads]
-            )
+        result = await self._leader_txn(term, compares, ops, reads)
         if result.succeeded:
             return result
         self._check_fence(term, result)
@@ -502,13 +504,11 @@ class Coordinator:
     async def commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:
         """Record one part (or answer DUPLICATE / SUPERSEDED); completes the step when due.
 
-        Runs to its end even if the caller is cancelled: the checkpoint book
-        must learn of a part etcd recorded, or the step's last commit would
-        find it missing and the step would never complete.
+        The checkpoint book learns of the part under the write lock
+        (``on_applied``), and the write runs to its end even if the caller is
+        cancelled: otherwise the step's last commit could find a part etcd
+        recorded missing, and the step would never complete.
         """
-        return await _to_the_end(self._commit_checkpoint(commit))
-
-    async def _commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:
         decisions: list[CommitDecision] = []
 
         async def load() -> None:

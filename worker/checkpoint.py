@@ -122,15 +122,6 @@ def step_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def default_queue_path(job: str, worker_id: str) -> Path:
-    """``$DTR_STATE_DIR`` (else ``~/.local/state/dtr``)``/<job>/<worker>.commits.sqlite``.
-
-    Keyed by the stable worker id, so a restarted worker finds and replays
-    the commits its previous process queued.
-    """
-    return queue_file(job, worker_id)
-
-
 @dataclass(frozen=True)
 class SaveIdentity:
     """Who saves: the worker's generation, incarnation and job life when ``save_async`` was called.
@@ -200,7 +191,7 @@ class CheckpointManager:
         if queue_path:
             path = Path(queue_path)
         else:  # dtr's own location: create it (the tutorial's first run found it missing)
-            path = default_queue_path(worker.job, worker.worker_id)
+            path = queue_file(worker.job, worker.worker_id)  # what a restart finds again
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -456,11 +447,6 @@ class CheckpointManager:
         base = name.rpartition("/")[2]
         own = re.escape(self._worker.worker_id) + r"(?:\.\d{10}-[0-9a-f]{16})?\.dtr"
         return re.fullmatch(own, base) is not None
-
-    def _own_steps(self) -> list[int]:
-        """Steps with an object this manager wrote (tests and tools)."""
-        steps = {step_of(n) for n in self.storage.list("step-") if self._is_own(n)}
-        return sorted(s for s in steps if s is not None)
 
     # -- loading ------------------------------------------------------------------
     def load_latest(self, default: Any = _MISSING, *, map_location: str | None = None) -> Any:
