@@ -143,6 +143,10 @@ _F_OF = {
     FaultKind.SLOW_STORAGE: "delay",
     FaultKind.WORKER_RESTART_SAME_ID: "kill",
     FaultKind.ETCD_SLOW: "delay",
+    FaultKind.RACK_FAILURE: "kill",
+    FaultKind.CLIENT_CANCEL: "cancel",
+    FaultKind.JOB_RESTART: "restart",
+    FaultKind.WORKER_PAUSE: "pause",
 }
 
 
@@ -367,6 +371,10 @@ def _slow_etcd(targets: Targets, rng: random.Random) -> Injected:
     return Injected(value, _heal_proxies(proxies))
 
 
+def _not_yet(targets: Targets, rng: random.Random) -> Injected:
+    raise NoTarget("not implemented yet")  # issue 16: being built
+
+
 _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.LEADER_KILL: _kill_leader,
     FaultKind.REPLICA_KILL: _kill_replica,
@@ -380,4 +388,8 @@ _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.SLOW_STORAGE: _slow_storage,
     FaultKind.WORKER_RESTART_SAME_ID: _restart_worker_same_id,
     FaultKind.ETCD_SLOW: _slow_etcd,
+    FaultKind.RACK_FAILURE: _not_yet,
+    FaultKind.CLIENT_CANCEL: _not_yet,
+    FaultKind.JOB_RESTART: _not_yet,
+    FaultKind.WORKER_PAUSE: _not_yet,
 }

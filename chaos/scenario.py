@@ -75,6 +75,10 @@ class FaultKind(enum.StrEnum):
     SLOW_STORAGE = "slow-storage"
     WORKER_RESTART_SAME_ID = "worker-restart-same-id"
     ETCD_SLOW = "etcd-slow"
+    RACK_FAILURE = "rack-failure"
+    CLIENT_CANCEL = "client-cancel"
+    JOB_RESTART = "job-restart"
+    WORKER_PAUSE = "worker-pause"
 
 
 #: Faults that need another replica to take over.
