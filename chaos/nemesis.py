@@ -44,7 +44,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dtr.errors import DtrError
@@ -52,10 +51,11 @@ from dtr.errors import DtrError
 from .cluster import ClusterError, CoordinatorProcess, LocalCluster
 from .disk import drain, fill
 from .history import Event, EventType, History
+from .nemesis_job import restart_job
+from .nemesis_types import Injected, NoTarget, Targets
 from .proxy import TcpProxy
 from .scenario import FaultKind
 from .sockets import client_of
-from .workers import WorkerPool
 
 PROCESS = "nemesis"
 #: How long a leader fault waits for exactly one leader before it is skipped.
@@ -66,36 +66,6 @@ RESTART_WAIT_S = 30.0
 SLOW_STORAGE_DELAY_S = 0.5
 #: ``etcd-slow``: the one-way delay is drawn from this range (round trips of 0.1-0.8 s).
 ETCD_SLOW_DELAY_S = (0.05, 0.4)
-
-
-class NoTarget(DtrError):
-    """The fault found nothing to act on: no leader, no running worker, no owned etcd."""
-
-
-@dataclass(frozen=True)
-class Targets:
-    """What the nemesis may hurt: ``proxies[i]`` fronts ``cluster.replicas[i]``.
-
-    ``etcd_proxies[i]`` are the proxies replica ``i`` dials etcd through;
-    ``storage_mount`` the checkpoint tmpfs (None: no ``disk-full``);
-    ``storage_proxy`` fronts the S3 server (None: no ``slow-storage``).
-    """
-
-    cluster: LocalCluster
-    proxies: Sequence[TcpProxy]
-    workers: WorkerPool
-    etcd_proxies: Sequence[Sequence[TcpProxy]] = ()
-    storage_mount: Path | None = None
-    storage_proxy: TcpProxy | None = None
-
-
-@dataclass(frozen=True)
-class Injected:
-    """A fault in place: what the ``ok`` event says, and how to heal it."""
-
-    value: dict[str, Any]
-    heal: Callable[[], None]
-    term: int | None = None
 
 
 @dataclass(frozen=True)
@@ -390,6 +360,6 @@ _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.ETCD_SLOW: _slow_etcd,
     FaultKind.RACK_FAILURE: _not_yet,
     FaultKind.CLIENT_CANCEL: _not_yet,
-    FaultKind.JOB_RESTART: _not_yet,
+    FaultKind.JOB_RESTART: restart_job,
     FaultKind.WORKER_PAUSE: _not_yet,
 }
