@@ -38,7 +38,8 @@ from .cluster import ClusterError, LocalCluster
 from .etcd_record import read_record
 from .history import Event, History, read_history
 from .measures import Failovers, failover_times, operation_counts, settle_time
-from .nemesis import FaultRecord, Nemesis, Targets
+from .nemesis import FaultRecord, Nemesis
+from .nemesis_types import Targets
 from .observer import StatusPoller, capture_final_state
 from .proxy import TcpProxy
 from .run_storage import start_storage
