@@ -16,7 +16,7 @@ help:
 	@echo "make unit         tests/unit only (no processes)"
 	@echo "make integration  tests/integration (real etcd processes on loopback)"
 	@echo "make chaos        tests/chaos: short chaos scenarios and the broken-coordinator check"
-	@echo "make soak         a 10-minute mixed chaos soak; report in build/soak/report.html"
+	@echo "make soak         30 minutes of every nemesis kind; summary in benchmarks/results/soak.md"
 	@echo "make bench        benchmarks -> benchmarks/results/"
 	@echo "make proto        regenerate dtr/proto from coordinator.proto"
 	@echo "make docs         regenerate docs/configuration.md from the CLI's options"
@@ -72,13 +72,15 @@ demo:
 	$(MAKE) --no-print-directory EXTRAS=$(DEMO_EXTRAS) install
 	$(VENV)/bin/dtr demo $(DEMO_ARGS)
 
-# Ten minutes of mixed faults (chaos/scenarios/mixed-soak.yaml), then the
-# checkers; the history, results.json and report.html stay in build/soak.
-SOAK_SEED ?= 2026
+# Thirty minutes of every nemesis kind (benchmarks/soak.py: chaos/scenarios/
+# soak-fleet.yaml, then soak-job.yaml), then the checkers; each run's history,
+# results.json and logs stay in build/soak, the summary goes to
+# benchmarks/results/soak.{json,md}. SOAK_ARGS passes options through, e.g.
+# make soak SOAK_ARGS="--minutes 10 --seed 7".
+SOAK_ARGS ?=
 soak: $(STAMP)
 	rm -rf build/soak && mkdir -p build/soak
-	$(VENV)/bin/dtr chaos run mixed-soak --seed $(SOAK_SEED) --work-dir build/soak/run \
-	  --report build/soak/report.html
+	$(PY) benchmarks/soak.py --work-dir build/soak $(SOAK_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ring.py
