@@ -34,11 +34,15 @@ COMMIT_OUTCOMES = frozenset({"accepted", "duplicate", "superseded", "rejected"})
 NO_STEP = -1
 
 
-def check_checkpoints(events: Sequence[Event], final: FinalState) -> CheckResult:
-    """Invariant 4. ``checked``: verified parts plus latest-step observations."""
+def check_checkpoints(events: Sequence[Event], final: FinalState | None) -> CheckResult:
+    """Invariant 4. ``checked``: verified parts plus latest-step observations.
+
+    ``final`` None: a job life that ended before the run did (its etcd was
+    wiped), so there are no end-of-run facts to hold its parts to.
+    """
     found = Findings("checkpoints")
-    commits = operations(events, {"commit"})
-    _check_parts(commits, final, found)
+    if final is not None:
+        _check_parts(operations(events, {"commit"}), final, found)
     observations = [op for op in operations(events, {"commit", "status"}) if op.is_ok()]
     grouped = per_process(observations, observed_latest)
     for process, observed in sorted(grouped.items()):
@@ -49,7 +53,8 @@ def check_checkpoints(events: Sequence[Event], final: FinalState) -> CheckResult
                 f"{observed_latest(earlier)} to {observed_latest(later)}",
                 pair_events(earlier, later),
             )
-    _check_final_pointer(grouped, final, found)
+    if final is not None:
+        _check_final_pointer(grouped, final, found)
     return found.result()
 
 
@@ -109,8 +114,12 @@ def observed_latest(op: Op) -> int | None:
     return NO_STEP if step is None else int(step)
 
 
-def check_commits(events: Sequence[Event], final: FinalState) -> CheckResult:
-    """Invariant 5. ``checked``: ok saves; ``unchecked``: saves of workers dead at the end."""
+def check_commits(events: Sequence[Event], final: FinalState | None) -> CheckResult:
+    """Invariant 5. ``checked``: ok saves; ``unchecked``: saves of workers dead at the end.
+
+    ``final`` None (a life wiped before the end): a save with no outcome is
+    unchecked, since its record was set aside with the life it was made for.
+    """
     found = Findings("commits")
     ops = [op for op in operations(events, {"save", "commit"}) if worker_id(op.process)]
     acks: dict[tuple[str, int], list[Event]] = defaultdict(list)
@@ -128,7 +137,10 @@ def check_commits(events: Sequence[Event], final: FinalState) -> CheckResult:
             key = (op.process, int(op.done.value["step"]))
             if not any(ack.time > started for ack in acks.get(key, ())):
                 unacked[op.process].append(op.done)
-    _check_unacked(unacked, final, found)
+    if final is not None:
+        _check_unacked(unacked, final, found)
+    else:
+        found.unchecked += sum(len(saves) for saves in unacked.values())
     _check_accepted_once(acks, found)
     return found.result()
 
@@ -178,8 +190,11 @@ def _check_unacked(unacked: dict[str, list[Event]], final: FinalState, found: Fi
             )
 
 
-def check_loads(events: Sequence[Event], final: FinalState) -> CheckResult:
-    """Invariant 6. ``unchecked``: loads without an invoke, or whose newer part nobody verified."""
+def check_loads(events: Sequence[Event], final: FinalState | None) -> CheckResult:
+    """Invariant 6. ``unchecked``: loads without an invoke, or whose newer part nobody verified.
+
+    ``final`` None: a life wiped before the end, whose parts nobody verified.
+    """
     found = Findings("loads")
     known = _known_complete(events)
     times = [time for time, _, _ in known]
@@ -193,7 +208,7 @@ def check_loads(events: Sequence[Event], final: FinalState) -> CheckResult:
         if before == 0:
             found.checked += 1  # nothing was known complete: any answer is fine
             continue
-        _judge_load(op, known[before - 1], final, found)
+        _judge_load(op, known[before - 1], final or FinalState(), found)
     return found.result()
 
 

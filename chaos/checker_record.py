@@ -1,8 +1,9 @@
 """Checkers of etcd's own record (DESIGN §5), as pure functions of its revisions.
 
 The other checkers judge what workers and the harness *reported*; these judge
-what etcd *recorded*, revision by revision (``etcd_record.read_record``), so
-a write nobody noticed still counts:
+what etcd *recorded*, revision by revision (``etcd_record.read_record``,
+replayed life by life by ``record_replay.py``), so a write nobody noticed
+still counts:
 
 - ``record-fencing`` (invariant 1): every leader transaction carries the
   writer stamp (``<J>/writer``: replica and term), and its term is the
@@ -11,40 +12,33 @@ a write nobody noticed still counts:
 - ``record-barriers`` (invariant 2): at the revision a barrier is released,
   every live member is at the barrier's generation and arrived there as its
   current incarnation.
-- ``record-checkpoints`` (invariant 4): ``latest`` never moves back, and no
-  step is left where every live member of one generation committed a part
-  but the step never completed.
+- ``record-checkpoints`` (invariant 4): ``latest`` never moves back; a step
+  completes once per life, under the job's current generation, with exactly
+  one part of that generation per live member (no part missing, none from a
+  worker that is not a live member) and ``num_workers`` their count; no step
+  is left where every live member of one generation committed a part but
+  the step never completed.
 - ``record-members``: a member record never goes back to an older
   incarnation (unless it was deleted in between: a deregistered id starts
   again).
 
-Writes that are not leader transactions are skipped: the election's and
-replicas' lease-bound keys, and expiries under ``rendezvous/``.
+Every rule holds within one job life; a wipe of the job's prefix or a new
+``<J>/life`` starts the replay over. Writes that are not leader
+transactions are skipped: the election's and replicas' lease-bound keys,
+expiries under ``rendezvous/``, the harness's marker and a wipe.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from dtr.coordinator.election import decode_candidate
 from dtr.keys import JobKeys
 
 from .checker_base import MAX_VIOLATIONS, CheckResult, Violation
 from .etcd_record import MARKER_SUFFIX, RecordEvent
-
-
-def _by_revision(events: Iterable[RecordEvent]) -> Iterator[tuple[int, list[RecordEvent]]]:
-    group: list[RecordEvent] = []
-    for event in events:
-        if group and event.revision != group[0].revision:
-            yield group[0].revision, group
-            group = []
-        group.append(event)
-    if group:
-        yield group[0].revision, group
+from .record_replay import LifeState, RecordFacts, Release, by_revision, is_wipe, starts_life
 
 
 def _result(name: str, checked: int, violations: list[str]) -> CheckResult:
@@ -53,72 +47,109 @@ def _result(name: str, checked: int, violations: list[str]) -> CheckResult:
     return CheckResult(name, not violations, checked, kept, left_off=left)
 
 
-@dataclass
-class _State:
-    """The job's keys as of the revisions replayed so far (only what the checkers need)."""
+@dataclass(frozen=True)
+class RecordReplay:
+    """The record checks' verdicts, and the facts the storage and report checks need."""
 
-    keys: JobKeys
-    candidates: dict[str, int] = field(default_factory=dict)  # key -> create revision
-    members: dict[str, tuple[bool, int]] = field(default_factory=dict)  # id -> alive, incarnation
-    generation: int = 0
-    arrivals: dict[str, dict[str, tuple[int, int]]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )  # barrier -> worker -> (generation, incarnation)
-    parts: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
-    complete: set[int] = field(default_factory=set)
-    live_at: dict[int, frozenset[str]] = field(default_factory=dict)  # generation -> live ids
-
-    def apply(self, event: RecordEvent) -> None:
-        keys, key, put = self.keys, event.key, event.kind == "put"
-        if key.startswith(keys.election_prefix):
-            if put and _is_candidate(event):
-                self.candidates[key] = event.create_revision
-            else:  # deleted, or a stray key the elector ignores too
-                self.candidates.pop(key, None)
-        elif key.startswith(keys.members_prefix):
-            worker = key[len(keys.members_prefix) :]
-            if put:
-                record = json.loads(event.value)
-                self.members[worker] = (bool(record["alive"]), int(record["incarnation"]))
-            else:
-                self.members.pop(worker, None)
-        elif key == keys.generation and put:
-            self.generation = int(event.value)
-        elif key.startswith(keys.barriers_prefix) and "/arrivals/" in key:
-            name, _, worker = key[len(keys.barriers_prefix) :].partition("/arrivals/")
-            if put:
-                arrival = json.loads(event.value)
-                entry = (int(arrival["generation"]), int(arrival.get("incarnation", 0)))
-                self.arrivals[name][worker] = entry
-            else:
-                self.arrivals[name].pop(worker, None)
-        elif key.startswith(keys.checkpoint_steps_prefix):
-            step, _, worker = key[len(keys.checkpoint_steps_prefix) :].partition("/")
-            if put:
-                self.parts[int(step)][worker] = int(json.loads(event.value)["generation"])
-            else:  # retention deletes a step's prefix: one event per key
-                self.parts[int(step)].pop(worker, None)
-        elif key.startswith(keys.checkpoint_complete_prefix):
-            done = int(key[len(keys.checkpoint_complete_prefix) :])
-            if put:
-                self.complete.add(done)
-            else:
-                self.complete.discard(done)
-
-    def live(self) -> dict[str, int]:
-        return {w: inc for w, (alive, inc) in self.members.items() if alive}
-
-    def leader_term(self) -> int | None:
-        return min(self.candidates.values(), default=None)
+    results: list[CheckResult]
+    facts: RecordFacts
 
 
-def _is_candidate(event: RecordEvent) -> bool:
-    """Whether the elector would count this key: it ignores keys it cannot decode."""
-    try:
-        decode_candidate(event.key, event.value, event.create_revision)
-    except ValueError:
-        return False
-    return True
+def check_record(events: Sequence[RecordEvent], keys: JobKeys) -> list[CheckResult]:
+    """Replay etcd's record once and judge every record invariant."""
+    return replay_record(events, keys).results
+
+
+def replay_record(events: Sequence[RecordEvent], keys: JobKeys) -> RecordReplay:
+    """Replay etcd's record once: the verdicts, and the facts for the later checks."""
+    audit = _Audit(keys)
+    for revision, group in by_revision(events):
+        audit.revision(revision, group)
+    return audit.finish()
+
+
+class _Audit:
+    """The replay's state and what each checker found so far."""
+
+    def __init__(self, keys: JobKeys) -> None:
+        self.keys = keys
+        self.state = LifeState(keys)
+        self.facts = RecordFacts()
+        self.fencing: list[str] = []
+        self.barriers: list[str] = []
+        self.checkpoints: list[str] = []
+        self.members: list[str] = []
+        self.writes = self.member_puts = self.steps = 0
+        self.last_term, self.last_latest = 0, -1
+
+    def revision(self, revision: int, group: list[RecordEvent]) -> None:
+        if starts_life(self.state, group):
+            self._end_life()
+            self.state = self.state.next_life()
+            self.facts.lives.append("")
+            self.last_latest = -1
+        state = self.state
+        term = state.leader_term()  # the term current when the transaction ran
+        before = dict(state.members)
+        was_complete = set(state.complete)
+        for event in group:
+            state.apply(event)
+        if state.uid:
+            self.facts.lives[state.life] = state.uid
+        if not is_wipe(self.keys, group) and any(_is_leader_write(self.keys, e) for e in group):
+            self.writes += 1
+            self.last_term = _check_stamp(
+                self.keys, revision, group, term=term, last_term=self.last_term, out=self.fencing
+            )
+        for event in group:
+            self._judge(revision, event, before, was_complete)
+
+    def _judge(
+        self,
+        revision: int,
+        event: RecordEvent,
+        before: dict[str, tuple[bool, int]],
+        was_complete: set[int],
+    ) -> None:
+        keys, state = self.keys, self.state
+        if event.kind != "put":
+            return
+        if event.key == keys.generation:
+            state.live_at[state.generation] = frozenset(state.live())
+        elif event.key == keys.latest_checkpoint:
+            step = int(json.loads(event.value)["step"])
+            if step < self.last_latest:
+                self.checkpoints.append(
+                    f"revision {revision}: latest moved back {self.last_latest} -> {step}"
+                )
+            self.last_latest = max(self.last_latest, step)
+        elif event.key.startswith(keys.members_prefix):
+            self.member_puts += 1
+            _check_member(keys, revision, event, before, self.members)
+        elif event.key.startswith(keys.checkpoint_steps_prefix):
+            worker = event.key.rpartition("/")[2]
+            self.facts.parts.add((state.life, keys.step_of(event.key), worker))
+        elif event.key.startswith(keys.checkpoint_complete_prefix):
+            self.steps += 1
+            self.checkpoints += _check_completion(keys, revision, event, state, was_complete)
+        elif _is_release(keys, event):
+            release = _release(keys, revision, event, state)
+            self.facts.releases.append(release)
+            self.barriers += _check_release(release, state.generation)
+
+    def _end_life(self) -> None:
+        self.checkpoints += _stuck_steps(self.state)
+
+    def finish(self) -> RecordReplay:
+        self._end_life()
+        self.facts.retained = self.state.retained()
+        results = [
+            _result("record-fencing", self.writes, self.fencing),
+            _result("record-barriers", len(self.facts.releases), self.barriers),
+            _result("record-checkpoints", self.steps + len(self.facts.parts), self.checkpoints),
+            _result("record-members", self.member_puts, self.members),
+        ]
+        return RecordReplay(results, self.facts)
 
 
 def _is_leader_write(keys: JobKeys, event: RecordEvent) -> bool:
@@ -132,49 +163,6 @@ def _is_leader_write(keys: JobKeys, event: RecordEvent) -> bool:
     return not (key.startswith(rendezvous) and event.kind == "delete")  # lease expiry
 
 
-def check_record(events: Sequence[RecordEvent], keys: JobKeys) -> list[CheckResult]:
-    """Replay etcd's record once and judge every record invariant."""
-    state = _State(keys)
-    fencing: list[str] = []
-    barriers: list[str] = []
-    latest: list[str] = []
-    members: list[str] = []
-    writes = releases = latest_moves = member_puts = 0
-    last_term, last_latest = 0, -1
-    for revision, group in _by_revision(events):
-        term = state.leader_term()  # the term current when the transaction ran
-        before = dict(state.members)
-        for event in group:
-            state.apply(event)
-        if any(_is_leader_write(keys, e) for e in group):
-            writes += 1
-            last_term = _check_stamp(
-                keys, revision, group, term=term, last_term=last_term, violations=fencing
-            )
-        for event in group:
-            if event.key == keys.generation and event.kind == "put":
-                state.live_at[state.generation] = frozenset(state.live())
-            if event.key == keys.latest_checkpoint and event.kind == "put":
-                latest_moves += 1
-                step = int(json.loads(event.value)["step"])
-                if step < last_latest:
-                    latest.append(f"revision {revision}: latest moved back {last_latest} -> {step}")
-                last_latest = max(last_latest, step)
-            if event.key.startswith(keys.members_prefix) and event.kind == "put":
-                member_puts += 1
-                _check_member(keys, revision, event, before, members)
-            if _is_release(keys, event):
-                releases += 1
-                _check_release(keys, revision, event, state, barriers)
-    stuck = _stuck_steps(state)
-    return [
-        _result("record-fencing", writes, fencing),
-        _result("record-barriers", releases, barriers),
-        _result("record-checkpoints", latest_moves + len(state.parts), latest + stuck),
-        _result("record-members", member_puts, members),
-    ]
-
-
 def _check_stamp(
     keys: JobKeys,
     revision: int,
@@ -182,24 +170,22 @@ def _check_stamp(
     *,
     term: int | None,
     last_term: int,
-    violations: list[str],
+    out: list[str],
 ) -> int:
     stamps = [e for e in group if e.key == keys.writer and e.kind == "put"]
     written = ", ".join(sorted({e.key for e in group})[:5])
     if not stamps:
-        violations.append(
-            f"revision {revision}: a leader write without the writer stamp ({written})"
-        )
+        out.append(f"revision {revision}: a leader write without the writer stamp ({written})")
         return last_term
     stamp = json.loads(stamps[0].value)
     stamped = int(stamp["term"])
     if stamped != term:
-        violations.append(
+        out.append(
             f"revision {revision}: {stamp['replica']} wrote under term {stamped} while the "
             f"current term was {term} ({written})"
         )
     if stamped < last_term:
-        violations.append(f"revision {revision}: term went back {last_term} -> {stamped}")
+        out.append(f"revision {revision}: term went back {last_term} -> {stamped}")
     return max(last_term, stamped)
 
 
@@ -208,16 +194,50 @@ def _check_member(
     revision: int,
     event: RecordEvent,
     before: dict[str, tuple[bool, int]],
-    violations: list[str],
+    out: list[str],
 ) -> None:
     worker = event.key[len(keys.members_prefix) :]
     incarnation = int(json.loads(event.value)["incarnation"])
     previous = before.get(worker)
     if previous is not None and incarnation < previous[1]:
-        violations.append(
+        out.append(
             f"revision {revision}: member {worker} went back from incarnation "
             f"{previous[1]} to {incarnation}"
         )
+
+
+def _check_completion(
+    keys: JobKeys, revision: int, event: RecordEvent, state: LifeState, was_complete: set[int]
+) -> list[str]:
+    """A complete record: once per life, current generation, one part per live member."""
+    step = int(event.key[len(keys.checkpoint_complete_prefix) :])
+    record = json.loads(event.value)
+    generation = int(record["generation"])
+    count = int(record.get("num_workers", len(record.get("workers", ()))))
+    at = f"revision {revision}: step {step}"
+    if step in was_complete:
+        return [f"{at} completed again in the same job life"]
+    if generation != state.generation:
+        return [
+            f"{at} completed under generation {generation} while the job was at {state.generation}"
+        ]
+    live = set(state.live())
+    having = {w for w, p in state.parts.get(step, {}).items() if int(p["generation"]) == generation}
+    found = []
+    if missing := sorted(live - having):
+        found.append(f"{at} completed without the part of live member(s) {_names(missing)}")
+    if extra := sorted(having - live):
+        found.append(
+            f"{at} completed with parts of generation {generation} from non-members {_names(extra)}"
+        )
+    if count != len(live):
+        found.append(f"{at} complete record counts {count} workers; {len(live)} were live members")
+    return found
+
+
+def _names(workers: list[str]) -> str:
+    shown = ", ".join(workers[:10])
+    return shown + (f" and {len(workers) - 10} more" if len(workers) > 10 else "")
 
 
 def _is_release(keys: JobKeys, event: RecordEvent) -> bool:
@@ -228,40 +248,39 @@ def _is_release(keys: JobKeys, event: RecordEvent) -> bool:
     return bool(json.loads(event.value).get("released"))
 
 
-def _check_release(
-    keys: JobKeys, revision: int, event: RecordEvent, state: _State, violations: list[str]
-) -> None:
+def _release(keys: JobKeys, revision: int, event: RecordEvent, state: LifeState) -> Release:
     name = event.key[len(keys.barriers_prefix) : -len("/state")]
     generation = int(json.loads(event.value)["generation"])
-    if generation != state.generation:
-        violations.append(
-            f"revision {revision}: barrier {name} released for generation {generation} while "
-            f"the job was at {state.generation}"
-        )
-        return
-    arrivals = state.arrivals.get(name, {})
-    for worker, incarnation in sorted(state.live().items()):
-        arrived = arrivals.get(worker)
-        if arrived is None or arrived[0] != generation:
-            violations.append(
-                f"revision {revision}: barrier {name} released without live member {worker}"
-            )
+    arrivals = dict(state.arrivals.get(name, {}))
+    return Release(state.life, name, generation, revision, state.live(), arrivals)
+
+
+def _check_release(release: Release, current: int) -> list[str]:
+    at = f"revision {release.revision}: barrier {release.name}"
+    if release.generation != current:
+        return [f"{at} released for generation {release.generation} while the job was at {current}"]
+    found = []
+    for worker, incarnation in sorted(release.live.items()):
+        arrived = release.arrivals.get(worker)
+        if arrived is None or arrived[0] != release.generation:
+            found.append(f"{at} released without live member {worker}")
         elif arrived[1] not in (0, incarnation):
-            violations.append(
-                f"revision {revision}: barrier {name} released on an arrival of {worker}'s "
-                f"incarnation {arrived[1]}; the live one is {incarnation}"
+            found.append(
+                f"{at} released on an arrival of {worker}'s incarnation {arrived[1]}; "
+                f"the live one is {incarnation}"
             )
+    return found
 
 
-def _stuck_steps(state: _State) -> list[str]:
+def _stuck_steps(state: LifeState) -> list[str]:
     """Steps where every live member of one generation committed, yet no complete record."""
     stuck = []
     for step, parts in sorted(state.parts.items()):
         if step in state.complete or not parts:
             continue
-        for generation in sorted(set(parts.values())):
+        for generation in sorted({int(p["generation"]) for p in parts.values()}):
             live = state.live_at.get(generation)
-            committed = {w for w, g in parts.items() if g == generation}
+            committed = {w for w, p in parts.items() if int(p["generation"]) == generation}
             if live and committed >= live:
                 stuck.append(
                     f"step {step}: every live member of generation {generation} committed "

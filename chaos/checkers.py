@@ -59,7 +59,11 @@ answer's ``ResponseHeader`` fields. Extra value keys are allowed and ignored.
 ``train`` (workers; liveness)
     ok ``{"step"}`` after each training step completes.
 
-Nemesis events (``kill``, ``pause``, ``partition``, ...) are not read.
+Nemesis events (``kill``, ``pause``, ``partition``, ...) are not read, but
+for one: a ``restart`` of kind ``job-restart`` with ``"etcd": "wiped"`` cuts
+the history into job lives (``checker_lives.py``), each judged on its own.
+``register`` (workers) ok ``{"incarnation", "job_life"}``: ``lives`` checks
+the cut against the ``job_life`` each registration was told.
 """
 
 from __future__ import annotations
@@ -69,8 +73,10 @@ from collections.abc import Sequence
 from .checker_barriers import check_barriers, check_membership
 from .checker_base import CheckResult, FinalState, Violation
 from .checker_checkpoints import check_checkpoints, check_commits, check_loads
+from .checker_commit_lives import check_commit_lives
 from .checker_leadership import check_claims, check_writes
 from .checker_liveness import check_liveness
+from .checker_lives import check_lives, per_life, split_lives
 from .checker_shards import check_shards
 from .history import Event
 
@@ -85,6 +91,7 @@ __all__ = [
     "check_claims",
     "check_commits",
     "check_liveness",
+    "check_lives",
     "check_loads",
     "check_membership",
     "check_shards",
@@ -98,15 +105,27 @@ DEFAULT_SETTLE_S = 10.0
 def check_all(
     events: Sequence[Event], final: FinalState, *, settle_s: float = DEFAULT_SETTLE_S
 ) -> list[CheckResult]:
-    """Every checker, invariant order: 1 (writes, claims), membership, 2, 3, 4, 5, 6, liveness."""
+    """Every checker, invariant order: 1 (writes, claims), membership, 2, 3, 4, 5, 6, liveness.
+
+    Each judges every job life on its own (``checker_lives.py``); the final
+    state is the last life's, so the earlier ones are judged without it, and
+    liveness only in the last. ``lives`` checks where the history was cut.
+    """
+    lives = split_lives(events)
+
+    def ended(last: bool) -> FinalState | None:
+        return final if last else None
+
     return [
-        check_writes(events),
-        check_claims(events),
-        check_membership(events),
-        check_barriers(events),
-        check_shards(events),
-        check_checkpoints(events, final),
-        check_commits(events, final),
-        check_loads(events, final),
-        check_liveness(events, final, settle_s=settle_s),
+        per_life(lives, lambda life, last: check_writes(life)),
+        per_life(lives, lambda life, last: check_claims(life)),
+        per_life(lives, lambda life, last: check_membership(life)),
+        per_life(lives, lambda life, last: check_barriers(life)),
+        per_life(lives, lambda life, last: check_shards(life)),
+        per_life(lives, lambda life, last: check_checkpoints(life, ended(last))),
+        per_life(lives, lambda life, last: check_commits(life, ended(last))),
+        per_life(lives, lambda life, last: check_loads(life, ended(last))),
+        check_liveness(lives[-1], final, settle_s=settle_s),
+        check_lives(lives),
+        check_commit_lives(events),
     ]

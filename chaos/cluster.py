@@ -17,7 +17,7 @@ import atexit
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +84,7 @@ class LocalCluster:
         advertise_ports: Sequence[int] | None = None,
         work_dir: Path | None = None,
         route_etcd: Callable[[int, list[str]], list[str]] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> LocalCluster:
         """Start etcd (unless ``etcd`` is given) and ``replicas`` replicas; wait until all serve.
 
@@ -96,7 +97,8 @@ class LocalCluster:
         dial the replicas. ``route_etcd(i, endpoints)`` gives the etcd
         endpoints replica ``i`` dials (proxies of its own, so the nemesis can
         cut one replica off from etcd); by default all dial etcd itself.
-        ``extra_args`` are more ``dtr coordinator`` flags.
+        ``extra_args`` are more ``dtr coordinator`` flags; ``environment`` more
+        environment for every replica (the chaos harness's planted bug).
         On any failure nothing started is left running, and the error carries
         the failing replica's log tail.
         """
@@ -142,6 +144,7 @@ class LocalCluster:
                     replica_options(i),
                     root / f"replica-{i}.log",
                     advertise=advertise,
+                    environment=environment,
                 )
                 for i, (port, advertise) in enumerate(zip(chosen, advertised, strict=True))
             ],

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -64,6 +64,7 @@ class CoordinatorProcess:
         log_path: Path,
         *,
         advertise: str | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         """Describe a replica listening on ``127.0.0.1:port``; ``start()`` runs it.
 
@@ -71,13 +72,16 @@ class CoordinatorProcess:
         ``--advertise`` and ``--replica-id``; the command line is the same on
         every (re)start. ``advertise`` (``HOST:PORT``) is the address the
         replica publishes instead of its own, for example a ``TcpProxy`` in
-        front of it; probes here still dial the replica itself.
+        front of it; probes here still dial the replica itself. ``environment``
+        is added to the child's (the chaos harness's ``DTR_UNSAFE_MUTANT``),
+        on every (re)start.
         """
         self.replica_id = validate_name("replica_id", replica_id)
         self.port = port
         self.advertise = advertise
         self.log_path = log_path
         self._options = list(options)
+        self._environment = dict(environment or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._paused = False
         self._lock = threading.Lock()
@@ -126,7 +130,7 @@ class CoordinatorProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_child_environment(),
+                env={**_child_environment(), **self._environment},
                 start_new_session=True,
             )
         self._paused = False

@@ -26,14 +26,17 @@ running worker) — a fault not injected is not a fault survived.
 - ``disk-full``: the checkpoint tmpfs filled to ENOSPC with a ballast file
   (``disk.py``), heal = delete it;
 - ``slow-storage``: the proxy in front of the run's S3 server delays every
-  chunk by ``SLOW_STORAGE_DELAY_S``, heal = heal;
+  chunk by the scenario's ``slow_storage_s``, heal = heal;
 - ``worker-restart-same-id``: SIGKILL a workload and start it again at once
   under the same id with its commit queue, well inside the heartbeat
   timeout: a new incarnation while the old one is still a live member (the
   fault lasts until the next one; healing has nothing left to undo);
 - ``etcd-slow``: every replica's etcd proxies delay each chunk by a seeded
-  50-400 ms each way (round trips of 0.1-0.8 s, keep-alives included),
-  heal = heal: a slow etcd must cost no leadership (DESIGN §4).
+  one-way delay from the scenario's ``etcd_slow_s`` (by default 50-400 ms:
+  round trips of 0.1-0.8 s, keep-alives included), heal = heal: a slow etcd
+  must cost no leadership (DESIGN §4);
+- ``worker-pause``, ``client-cancel``, ``rack-failure``: ``nemesis_workers.py``;
+  ``job-restart``: ``nemesis_job.py``.
 
 What is not here: when faults happen (``scenario.schedule``) and the run
 around them (``runner.py``). Faults are injected one at a time.
@@ -53,19 +56,18 @@ from .disk import drain, fill
 from .history import Event, EventType, History
 from .nemesis_job import restart_job
 from .nemesis_types import Injected, NoTarget, Targets
+from .nemesis_workers import cancel_calls, fail_rack, pause_worker
 from .proxy import TcpProxy
-from .scenario import FaultKind
+from .scenario import SLOW_STORAGE_DELAY_S, FaultKind
 from .sockets import client_of
+
+__all__ = ["PROCESS", "SLOW_STORAGE_DELAY_S", "ActiveFault", "FaultRecord", "Nemesis"]
 
 PROCESS = "nemesis"
 #: How long a leader fault waits for exactly one leader before it is skipped.
 LEADER_WAIT_S = 15.0
 #: How long healing waits for a restarted replica or etcd member to serve.
 RESTART_WAIT_S = 30.0
-#: ``slow-storage``: each chunk to or from S3 waits this long (a saturated link).
-SLOW_STORAGE_DELAY_S = 0.5
-#: ``etcd-slow``: the one-way delay is drawn from this range (round trips of 0.1-0.8 s).
-ETCD_SLOW_DELAY_S = (0.05, 0.4)
 
 
 @dataclass(frozen=True)
@@ -318,8 +320,9 @@ def _slow_storage(targets: Targets, rng: random.Random) -> Injected:
     proxy = targets.storage_proxy
     if proxy is None:
         raise NoTarget("checkpoint storage is not behind a proxy of the harness's")
-    proxy.delay(SLOW_STORAGE_DELAY_S)
-    value = {"target": "checkpoint storage", "delay_s": SLOW_STORAGE_DELAY_S}
+    delay_s = targets.settings.slow_storage_s
+    proxy.delay(delay_s)
+    value = {"target": "checkpoint storage", "delay_s": delay_s}
     return Injected(value, proxy.heal)
 
 
@@ -334,15 +337,11 @@ def _slow_etcd(targets: Targets, rng: random.Random) -> Injected:
     proxies = [proxy for replica in targets.etcd_proxies for proxy in replica]
     if not proxies:
         raise NoTarget("the replicas dial etcd directly: no proxy to slow")
-    delay_s = round(rng.uniform(*ETCD_SLOW_DELAY_S), 3)
+    delay_s = round(rng.uniform(*targets.settings.etcd_slow_s), 3)
     for proxy in proxies:
         proxy.delay(delay_s)
     value = {"target": "etcd, from every replica", "delay_s": delay_s}
     return Injected(value, _heal_proxies(proxies))
-
-
-def _not_yet(targets: Targets, rng: random.Random) -> Injected:
-    raise NoTarget("not implemented yet")  # issue 16: being built
 
 
 _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
@@ -358,8 +357,8 @@ _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.SLOW_STORAGE: _slow_storage,
     FaultKind.WORKER_RESTART_SAME_ID: _restart_worker_same_id,
     FaultKind.ETCD_SLOW: _slow_etcd,
-    FaultKind.RACK_FAILURE: _not_yet,
-    FaultKind.CLIENT_CANCEL: _not_yet,
+    FaultKind.RACK_FAILURE: fail_rack,
+    FaultKind.CLIENT_CANCEL: cancel_calls,
     FaultKind.JOB_RESTART: restart_job,
-    FaultKind.WORKER_PAUSE: _not_yet,
+    FaultKind.WORKER_PAUSE: pause_worker,
 }

@@ -11,6 +11,8 @@ from dtr.errors import DtrError
 
 from .cluster import LocalCluster
 from .proxy import TcpProxy
+from .scenario import FaultKind, Scenario
+from .sim_pool import SimWorkerPool
 from .workers import WorkerPool
 
 
@@ -24,7 +26,9 @@ class Targets:
 
     ``etcd_proxies[i]`` are the proxies replica ``i`` dials etcd through;
     ``storage_mount`` the checkpoint tmpfs (None: no ``disk-full``);
-    ``storage_proxy`` fronts the S3 server (None: no ``slow-storage``).
+    ``storage_proxy`` fronts the S3 server (None: no ``slow-storage``);
+    ``sims`` the simulated workers' processes (None: no ``rack-failure``);
+    ``scenario`` gives the delays and the rack size (None: the defaults).
     """
 
     cluster: LocalCluster
@@ -33,6 +37,15 @@ class Targets:
     etcd_proxies: Sequence[Sequence[TcpProxy]] = ()
     storage_mount: Path | None = None
     storage_proxy: TcpProxy | None = None
+    sims: SimWorkerPool | None = None
+    scenario: Scenario | None = None
+
+    @property
+    def settings(self) -> Scenario:
+        """The scenario's delays and rack size (a placeholder scenario's defaults without one)."""
+        if self.scenario is not None:
+            return self.scenario
+        return Scenario("defaults", "the defaults", ((FaultKind.LEADER_KILL, 1.0),))
 
 
 @dataclass(frozen=True)

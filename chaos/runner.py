@@ -27,21 +27,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dtr import mutants
 from dtr.errors import DtrError, InvalidArgument
 from dtr.etcd import pick_free_ports
 from dtr.keys import JobKeys
 
 from .checker_base import CheckResult, FinalState, Violation
-from .checker_record import check_record
+from .checker_completion import check_completion
+from .checker_deaths import check_deaths, killed_workers
+from .checker_generations import check_generations
+from .checker_part_names import check_part_names
+from .checker_record import replay_record
+from .checker_record_parts import check_parts, storage_verifier
+from .checker_reports import check_reports
+from .checker_slow_etcd import check_slow_etcd_in
 from .checkers import check_all
 from .cluster import ClusterError, LocalCluster
-from .etcd_record import read_record
+from .etcd_record import RecordReader
 from .history import Event, History, read_history
 from .measures import Failovers, failover_times, operation_counts, settle_time
 from .nemesis import FaultRecord, Nemesis
 from .nemesis_types import Targets
 from .observer import StatusPoller, capture_final_state
 from .proxy import TcpProxy
+from .record_replay import RecordFacts
 from .run_storage import start_storage
 from .scenario import Scenario, ScheduledFault, schedule, target_rng
 from .sim_pool import SimWorkerPool
@@ -72,6 +81,8 @@ class RunResult:
     workers: dict[str, WorkerOutcome]
     elapsed_s: float
     settled_s: float | None = None
+    #: The planted bug the run carried (``dtr.mutants``), None for the real code.
+    mutant: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -81,6 +92,7 @@ class RunResult:
         return {
             "scenario": self.scenario.name,
             "seed": self.seed,
+            "mutant": self.mutant,
             "passed": self.passed,
             "duration_s": self.scenario.duration_s,
             "settle_s": self.scenario.settle_s,
@@ -108,6 +120,7 @@ def run_scenario(
     plan: Sequence[ScheduledFault] | None = None,
     s3_endpoint: str | None = None,
     ports: Sequence[int] | None = None,
+    mutant: str | None = None,
 ) -> RunResult:
     """Run ``scenario`` with ``seed`` against a fresh local cluster; check every invariant.
 
@@ -121,7 +134,10 @@ def run_scenario(
     ``storage: s3``, ``s3_endpoint`` names an S3 server to use instead of
     starting one. ``ports`` are the addresses the replicas advertise (the
     proxies in front of them), one per replica; free ports by default.
+    ``mutant`` plants one bug of ``dtr.mutants`` in every replica and worker
+    the run starts (``DTR_UNSAFE_MUTANT``): the checkers must then fail.
     """
+    mutant = mutants.parse(mutant)  # a misspelt mutant is refused before anything starts
     if duration_s is not None:
         scenario = scenario.with_duration(duration_s)
     plan = list(plan) if plan is not None else schedule(scenario, seed)
@@ -141,6 +157,7 @@ def run_scenario(
         coordinator_args=tuple(coordinator_args),
         s3_endpoint=s3_endpoint,
         front_ports=ports,
+        mutant=mutant,
     )
     with ExitStack() as stack:
         run.start(stack, plan)
@@ -157,12 +174,14 @@ def run_scenario(
         checks=(
             *check_all(events, final, settle_s=scenario.settle_s),
             *run.record_checks,
+            *run.report_checks(events),
             check_workers(run.outcomes),
         ),
         failovers=failover_times(events),
         workers=run.outcomes,
         elapsed_s=time.monotonic() - started,
         settled_s=settle_time(events),
+        mutant=mutant,
     )
     (work_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return result
@@ -187,7 +206,7 @@ def check_workers(outcomes: dict[str, WorkerOutcome]) -> CheckResult:
     violations = tuple(
         Violation(f"worker {worker_id} exited with code {outcome.exit_code}")
         for worker_id, outcome in sorted(outcomes.items())
-        if not outcome.stopped and outcome.exit_code not in (0, None)
+        if not (outcome.stopped or outcome.killed) and outcome.exit_code not in (0, None)
     )
     return CheckResult("workers", not violations, len(outcomes), violations)
 
@@ -205,8 +224,11 @@ class _Run:
         coordinator_args: tuple[str, ...] = (),
         s3_endpoint: str | None = None,
         front_ports: Sequence[int] | None = None,
+        mutant: str | None = None,
     ) -> None:
         self.scenario, self.seed, self.work_dir, self.say = scenario, seed, work_dir, say
+        #: What every process of the run gets in its environment for the planted bug.
+        self.mutant_env = {mutants.ENV: mutant} if mutant is not None else {}
         self.coordinator_args = coordinator_args
         self.s3_endpoint, self.front_ports = s3_endpoint, front_ports
         self.history = History(work_dir / "history" / "harness.jsonl")
@@ -217,6 +239,7 @@ class _Run:
         value = {
             "scenario": self.scenario.name,
             "seed": self.seed,
+            "mutant": self.mutant_env.get(mutants.ENV),
             "schedule": [fault.as_dict() for fault in plan],
         }
         self.history.record(Event(0.0, "harness", "info", "run", value))
@@ -225,6 +248,9 @@ class _Run:
         self.record_checks: list[CheckResult] = []
         self.storage = start_storage(stack, self.scenario, self.work_dir, job, self.s3_endpoint)
         self._start_cluster(stack, job)
+        # etcd's record, followed from revision 1 as it is written (``_audit_record``).
+        self.record_reader = RecordReader(self.cluster.etcd_endpoints, self.keys).start()
+        stack.callback(self.record_reader.close)
         self._start_workers(stack)
         targets = Targets(
             self.cluster,
@@ -233,6 +259,8 @@ class _Run:
             self.etcd_proxies,
             self.storage.mount,
             self.storage.proxy,
+            self.sims,
+            self.scenario,
         )
         self.nemesis = Nemesis(
             targets,
@@ -273,6 +301,7 @@ class _Run:
             work_dir=self.work_dir / "logs",
             route_etcd=self._route_etcd,
             extra_args=self.coordinator_args,
+            environment=self.mutant_env,
         )
         stack.callback(self.cluster.stop)
         self.say(
@@ -294,7 +323,7 @@ class _Run:
             start=self.history.start,
             steps=s.steps,
             step_time_s=s.step_time_s,
-            environment=self.storage.environment,
+            environment=(*self.storage.environment, *self.mutant_env.items()),
         )
         self.pool = WorkerPool([f"w{i}" for i in range(s.workers)], config, self.work_dir)
         stack.callback(self.pool.stop_all)
@@ -395,14 +424,40 @@ class _Run:
         return dataclasses.replace(final, live_workers=tuple(sorted(running)))
 
     def _audit_record(self) -> list[CheckResult]:
-        """Judge etcd's own record of the job (``checker_record.py``), read before etcd stops."""
+        """Judge etcd's own record of the job, read before etcd stops; keep its facts.
+
+        ``checker_record.py`` judges the record alone, ``record-parts`` the
+        retained steps' parts against storage; ``record-reports`` needs the
+        workers' histories, read after the run (``report_checks``).
+        """
+        self.record_facts: RecordFacts | None = None
         try:
-            events = read_record(self.cluster.etcd_endpoints, self.keys)
+            events = self.record_reader.finish()
         except DtrError as err:
             why = f"etcd's record could not be read: {err}"
             self.say(why)
             return [CheckResult("record", False, 0, (Violation(why),))]
-        return check_record(events, self.keys)
+        replay = replay_record(events, self.keys)
+        generations = check_generations(events, self.keys)
+        deaths = check_deaths(events, self.keys, killed_workers(self.sims))
+        completion = check_completion(events, self.keys)
+        names = check_part_names(events, self.keys)
+        del events  # millions in a long soak: only the facts are kept
+        self.record_facts = replay.facts
+        try:
+            with storage_verifier(self.storage.uri, self.storage.options) as verify:
+                parts = check_parts(replay.facts, verify)
+        except DtrError as err:
+            why = f"the checkpoint storage could not be opened: {err}"
+            parts = CheckResult("record-parts", False, 0, (Violation(why),))
+        slow = check_slow_etcd_in(self.work_dir, self.history)
+        return [*replay.results, generations, deaths, completion, names, parts, slow]
+
+    def report_checks(self, events: Sequence[Event]) -> list[CheckResult]:
+        """``record-reports``: the workers' histories against the record read in ``finish``."""
+        if self.record_facts is None:
+            return []  # the record could not be read: ``record`` failed already
+        return [check_reports(events, self.record_facts)]
 
     def _running_workers(self) -> set[str]:
         running = set(self.pool.running_ids())

@@ -49,6 +49,15 @@ ZOMBIE_MARGIN_S = 2.0
 STORAGES = ("file", "s3")
 #: The shortest step simulated workers take: hundreds must share one process and core.
 SIM_MIN_STEP_TIME_S = 0.05
+#: No delay a scenario gives (``etcd_slow_s``, ``slow_storage_s``, ...) exceeds this.
+MAX_DELAY_S = 10.0
+#: The default delays: ``etcd-slow``'s one-way range (round trips of 0.1-0.8 s), what
+#: ``slow-storage`` adds to each chunk (a saturated link), ``client-cancel``'s deadlines.
+ETCD_SLOW_DELAY_S = (0.05, 0.4)
+SLOW_STORAGE_DELAY_S = 0.5
+CLIENT_DEADLINE_S = (0.05, 0.2)
+#: A paused worker stays stopped at least this much longer than its heartbeat timeout.
+PAUSE_MARGIN_S = 2.0
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
@@ -120,7 +129,12 @@ class Scenario:
     ones at the same ``step-<n>`` barriers). ``seed`` is the seed used when
     none is given. ``storage`` is where checkpoints go: ``file`` (the work
     dir) or ``s3`` (a ``moto_server`` the run starts, behind a proxy the
-    ``slow-storage`` fault delays). Invalid values are refused at construction.
+    ``slow-storage`` fault delays). ``rack_size`` is how many simulated
+    workers a ``rack-failure`` kills at least. The delays (seconds, 0-10):
+    ``etcd_slow_s`` the one-way range ``etcd-slow`` and ``client-cancel`` draw
+    from, ``slow_storage_s`` what ``slow-storage`` adds per chunk,
+    ``client_deadline_s`` the range of ``client-cancel``'s per-attempt
+    deadlines. Invalid values are refused at construction.
     """
 
     name: str
@@ -141,6 +155,10 @@ class Scenario:
     sim_workers: int = 0
     sim_processes: int = 1
     storage: str = "file"
+    rack_size: int = 150
+    etcd_slow_s: tuple[float, float] = ETCD_SLOW_DELAY_S
+    slow_storage_s: float = SLOW_STORAGE_DELAY_S
+    client_deadline_s: tuple[float, float] = CLIENT_DEADLINE_S
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -158,6 +176,7 @@ class Scenario:
             raise ScenarioError(str(err), "seed") from None
         _check_faults(self.name, self.faults)
         self._check_numbers()
+        self._check_delays()
         self._check_faults_fit()
 
     def _check_numbers(self) -> None:
@@ -168,6 +187,7 @@ class Scenario:
             "steps",
             "lease_ttl_s",
             "sim_processes",
+            "rack_size",
         ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -213,8 +233,49 @@ class Scenario:
                 "lease_ttl_s",
             )
 
+    def _check_delays(self) -> None:
+        """Every delay within 0-``MAX_DELAY_S`` s; a range is ``[min, max]`` with min <= max."""
+        for field in ("etcd_slow_s", "client_deadline_s", "slow_storage_s"):
+            value = getattr(self, field)
+            bounds = value if field != "slow_storage_s" else (value, value)
+            if not (
+                isinstance(bounds, tuple)
+                and len(bounds) == 2
+                and all(_is_delay(b) for b in bounds)
+                and bounds[0] <= bounds[1]
+            ):
+                shape = "a number" if field == "slow_storage_s" else "[min, max] with min <= max"
+                raise ScenarioError(
+                    f"scenario {self.name}: {field} must be {shape} within 0-{MAX_DELAY_S:g} s; "
+                    f"got {list(value) if isinstance(value, tuple) else value!r}",
+                    field,
+                )
+
+    def _check_rack(self) -> None:
+        """``rack-failure`` kills whole simulated processes: 2+ of them, and enough workers."""
+        if self.sim_processes < 2:
+            raise ScenarioError(
+                f"scenario {self.name}: rack-failure needs sim_processes >= 2 (a rack is whole "
+                f"processes, and some must survive); got {self.sim_processes}",
+                "sim_processes",
+            )
+        if self.rack_size > self.sim_workers:
+            raise ScenarioError(
+                f"scenario {self.name}: rack_size ({self.rack_size}) is larger than the "
+                f"simulated workers ({self.sim_workers})",
+                "rack_size",
+            )
+
     def _check_faults_fit(self) -> None:
         kinds = self.kinds
+        if FaultKind.RACK_FAILURE in kinds:
+            self._check_rack()
+        if FaultKind.JOB_RESTART in kinds and self.sim_workers:
+            raise ScenarioError(  # the nemesis restarts real workers only (nemesis_job.py)
+                f"scenario {self.name}: job-restart needs sim_workers: 0 (simulated workers "
+                f"would go on against the restarted job); got {self.sim_workers}",
+                "sim_workers",
+            )
         if self.storage not in STORAGES:
             raise ScenarioError(
                 f"scenario {self.name}: storage must be one of {', '.join(STORAGES)}; "
@@ -258,11 +319,18 @@ class Scenario:
         return self.lease_ttl_s + ZOMBIE_MARGIN_S
 
     @property
+    def worker_pause_s(self) -> float:
+        """A ``worker-pause``'s base: even its shortest jitter outlives the heartbeat timeout."""
+        return round((self.heartbeat_timeout_s + PAUSE_MARGIN_S) / DURATION_JITTER[0], 3)
+
+    @property
     def longest_fault_s(self) -> float:
         """The longest a drawn fault can last: the run must be at least this long."""
         longest = self.fault_duration_s * DURATION_JITTER[1]
         if FaultKind.ZOMBIE_LEADER in self.kinds:
             longest = max(longest, self.zombie_pause_s * DURATION_JITTER[1])
+        if FaultKind.WORKER_PAUSE in self.kinds:
+            longest = max(longest, self.worker_pause_s * DURATION_JITTER[1])
         return round(longest, 3)
 
     def with_duration(self, duration_s: float) -> Scenario:
@@ -285,6 +353,12 @@ def _is_positive(value: object) -> bool:
         and not isinstance(value, bool)
         and math.isfinite(value)
         and value > 0
+    )
+
+
+def _is_delay(value: object) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_DELAY_S
     )
 
 
@@ -344,6 +418,8 @@ def _duration_of(scenario: Scenario, kind: FaultKind, rng: random.Random) -> flo
     base = scenario.fault_duration_s
     if kind is FaultKind.ZOMBIE_LEADER:
         base = max(base, scenario.zombie_pause_s)
+    elif kind is FaultKind.WORKER_PAUSE:
+        base = max(base, scenario.worker_pause_s)
     return round(base * rng.uniform(*DURATION_JITTER), 3)
 
 

@@ -11,7 +11,11 @@ A file describes one ``Scenario``, grouped the way one thinks about a run::
     cluster: {replicas: 3, etcd_members: 1, workers: 2, lease_ttl_s: 3, heartbeat_timeout_s: 5}
     workload: {steps: 1500, step_time_s: 0.02}
     pace: {mean_interval_s: 5, fault_duration_s: 3}
+    delays: {etcd_slow_s: [0.05, 0.4], slow_storage_s: 0.5, client_deadline_s: [0.05, 0.2]}
     faults: {zombie-leader: 1}   # kind: weight
+
+(``cluster`` also takes ``rack_size``, the simulated workers a ``rack-failure``
+kills at least.)
 
 Everything not required has the ``Scenario`` default. A file that cannot run
 is refused with its path, the line and the key: an unknown key, a key given
@@ -46,9 +50,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "sim_processes",
         "lease_ttl_s",
         "heartbeat_timeout_s",
+        "rack_size",
     ),
     "workload": ("steps", "step_time_s"),
     "pace": ("mean_interval_s", "fault_duration_s"),
+    "delays": ("etcd_slow_s", "slow_storage_s", "client_deadline_s"),
 }
 TOP_LEVEL = ("name", "description", "seed", "duration_s", "settle_s", "storage", "faults", *GROUPS)
 _Path = tuple[str, ...]
@@ -94,13 +100,18 @@ def _build(text: str) -> Scenario:
     _check_keys(data, lines)
     kwargs: dict[str, Any] = {k: data[k] for k in TOP_LEVEL if k in data and k not in GROUPS}
     for group in GROUPS:
-        kwargs.update(data.get(group) or {})
+        # A YAML list (a delay's [min, max]) becomes the tuple a frozen Scenario holds.
+        kwargs.update({k: _frozen(v) for k, v in (data.get(group) or {}).items()})
     kwargs["faults"] = _faults(data["faults"], lines)
     try:
         return Scenario(**kwargs)
     except ScenarioError as err:
         key = _key_of(err.field)
         raise _Located(str(err), _line(lines, key), ".".join(key)) from None
+
+
+def _frozen(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _key_lines(node: yaml.MappingNode, prefix: _Path) -> Iterator[tuple[_Path, int]]:

@@ -96,6 +96,20 @@ class SimWorkerPool:
                 self.argv(index), self.log_path(index), self.config.environment
             )
 
+    def kill(self, names: list[str]) -> None:
+        """SIGKILL every process of ``names`` in one go, then reap them: a rack lost at once.
+
+        They are not restarted; their outcomes say ``killed``, so their -9 is
+        the fault and not a failure.
+        """
+        running = [self._processes[name] for name in names if self._record(name)]
+        for process in running:
+            process.kill()
+        for name in names:
+            self._processes[name].wait(timeout=30)
+            self.outcomes[name].killed = True
+            self._record(name)
+
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[str]:
         """SIGTERM every process still running, SIGKILL after ``grace_s``; their names."""
         stopped = self.running_names()

@@ -14,6 +14,7 @@ Processes run in their own session, are signalled only through their
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,18 +47,24 @@ class WorkloadConfig:
 
 @dataclass
 class WorkerOutcome:
-    """What became of one worker id: restarts, its last exit code, stopped at the deadline."""
+    """What became of one worker id: restarts, its last exit code, stopped at the deadline.
+
+    ``killed``: the nemesis killed it for good (a ``rack-failure``'s simulated
+    process, never restarted); its -9 is the fault, not a failure.
+    """
 
     restarts: int = 0
     exit_code: int | None = None
     stopped: bool = False
     exit_codes: list[int] = field(default_factory=list)
+    killed: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
             "restarts": self.restarts,
             "exit_code": self.exit_code,
             "stopped_at_deadline": self.stopped,
+            "killed_by_nemesis": self.killed,
             "exit_codes": list(self.exit_codes),
         }
 
@@ -85,10 +92,15 @@ class WorkerPool:
     def history_path(self, worker_id: str) -> Path:
         return self.history_dir / f"{worker_id}.jsonl"
 
+    def deadline_path(self, worker_id: str) -> Path:
+        """Where ``set_deadline`` leaves the per-attempt deadline the worker reads on SIGUSR1."""
+        return self.queue_dir / f"{worker_id}.deadline"
+
     def argv(self, worker_id: str) -> list[str]:
         return [
             *(sys.executable, "-m", "dtr.chaos.workload", "--worker-id", worker_id),
             *("--queue", str(self.queue_path(worker_id))),
+            *("--deadline-file", str(self.deadline_path(worker_id))),
             *workload_args(self.config, self.history_path(worker_id)),
         ]
 
@@ -116,6 +128,48 @@ class WorkerPool:
             process.kill()
             process.wait(timeout=30)
         self.is_running(worker_id)  # records the exit
+
+    def pause(self, worker_id: str) -> None:
+        """SIGSTOP: the process stays, frozen; its beats and calls stop mid-flight."""
+        self._signal(worker_id, signal.SIGSTOP)
+
+    def resume(self, worker_id: str) -> None:
+        """SIGCONT (a worker that exited meanwhile is left alone)."""
+        self._signal(worker_id, signal.SIGCONT)
+
+    def set_deadline(self, worker_id: str, seconds: float | None) -> bool:
+        """Give the worker's calls a per-attempt deadline of ``seconds``; None: its default.
+
+        The value travels in ``deadline_path`` (a signal carries none):
+        SIGUSR1 tells the workload to read it, SIGUSR2 to go back to normal.
+        Only a process that said it handles them is signalled (their default
+        action kills, and a process just restarted is still importing torch);
+        False when this one has not yet.
+        """
+        if not self._handles_deadlines(worker_id):
+            return False
+        if seconds is None:
+            self._signal(worker_id, signal.SIGUSR2)
+            return True
+        path = self.deadline_path(worker_id)
+        path.with_suffix(".tmp").write_text(f"{seconds!r}\n")
+        path.with_suffix(".tmp").replace(path)
+        self._signal(worker_id, signal.SIGUSR1)
+        return True
+
+    def _handles_deadlines(self, worker_id: str) -> bool:
+        """Whether the running process wrote its PID to ``deadline_path``'s ``.ready`` file."""
+        pid = self.pid(worker_id)
+        try:
+            ready = self.deadline_path(worker_id).with_suffix(".ready").read_text().strip()
+        except OSError:
+            return False
+        return pid is not None and ready == str(pid)
+
+    def _signal(self, worker_id: str, signum: signal.Signals) -> None:
+        process = self._processes.get(worker_id)
+        if process is not None and self.is_running(worker_id):
+            process.send_signal(signum)
 
     def finish_all(self, grace_s: float) -> list[str]:
         """SIGTERM every worker still running (it drains its queue and leaves), SIGKILL

@@ -30,12 +30,22 @@ answers ``BarrierMissed``: the worker then loads the latest complete step if
 it is ahead of its own (recorded as ``load``) and otherwise replays on, so it
 meets the others at the step where they wait — the one loop pattern of
 docs/concepts.md. Any other barrier failure is recorded and training goes on.
+``WorkerSuperseded`` (recorded as ``superseded``) ends one membership: the
+process registers again and resumes, as a job script's launcher would.
+
+Training is not deterministic: torch is seeded from ``os.urandom`` and every
+saved state holds a fresh random ``nonce``, so a step saved twice differs
+(an overwritten part is visible). ``register`` records the ``incarnation``
+and ``job_life``; every ``save`` ok its ``job_life``. SIGUSR1 / SIGUSR2 turn
+``client-cancel``'s short call deadlines on and off (``workload_deadlines.py``;
+each change is recorded as ``deadline``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -47,13 +57,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from dtr.errors import BarrierMissed, DtrError
+from dtr.errors import BarrierMissed, DtrError, WorkerSuperseded
 from dtr.proto import coordinator_pb2 as pb
 from dtr.worker import CheckpointManager, SaveResult, ShardSampler, Worker
 from dtr.worker.commit_flusher import CommitAck
 from dtr.worker.commit_queue import CommitRecord
 
 from .history import Event, EventType, History
+from .workload_deadlines import Deadlines
 
 _log = logging.getLogger(__name__)
 
@@ -108,6 +119,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dtr.chaos.workload", description=__doc__)
     for flag in ("--coordinators", "--job", "--worker-id", "--history", "--checkpoint", "--queue"):
         parser.add_argument(flag, required=True)
+    parser.add_argument("--deadline-file", type=Path, help="client-cancel's deadline, on SIGUSR1")
     parser.add_argument("--start", type=float, required=True, help="the harness's monotonic zero")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--save-every", type=int, default=20)
@@ -125,34 +137,50 @@ STOPPING = threading.Event()
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
+    # Every process trains its own way: a re-saved step differs from the first save.
+    torch.manual_seed(int.from_bytes(os.urandom(8), "little") & (2**63 - 1))
     signal.signal(signal.SIGTERM, lambda signum, frame: STOPPING.set())
+    deadlines = Deadlines(args.deadline_file)
+    deadlines.install()
     with History(Path(args.history), start=args.start) as history:
         recorder = Recorder(history, f"worker:{args.worker_id}")
-        worker = recorder.call(
-            "register",
-            {},
-            lambda: Worker(
-                args.coordinators,
-                worker_id=args.worker_id,
-                job=args.job,
-                heartbeat_interval_s=args.heartbeat_interval_s,
-            ),
-            lambda w: {"incarnation": w.incarnation},
-        )
-        worker.add_answer_listener(_write_recorder(recorder))
-        with (
-            worker,
-            CheckpointManager(
-                worker, args.checkpoint, queue_path=args.queue, on_commit=_commit_recorder(recorder)
-            ) as manager,
-        ):
-            train(args, worker, manager, recorder)
-            _drain(manager)
-            # Leave together: a member that deregisters before the others'
-            # commits of the last steps arrive bumps the generation, and
-            # those steps can then never complete.
-            _barrier(worker, recorder, "done", args.barrier_timeout_s)
-    return 0
+        while True:
+            try:
+                run(args, recorder, deadlines)
+                return 0
+            except WorkerSuperseded as err:
+                # What a job script's launcher does with a process told to stop:
+                # start it again, registering anew and resuming from the latest step.
+                recorder.event("info", "superseded", {"error": str(err)})
+
+
+def run(args: argparse.Namespace, recorder: Recorder, deadlines: Deadlines) -> None:
+    """One life of this process's membership: register, train, drain, leave together."""
+    worker = recorder.call(
+        "register",
+        {},
+        lambda: Worker(
+            args.coordinators,
+            worker_id=args.worker_id,
+            job=args.job,
+            heartbeat_interval_s=args.heartbeat_interval_s,
+        ),
+        lambda w: {"incarnation": w.incarnation, "job_life": w.job_life},
+    )
+    worker.add_answer_listener(_write_recorder(recorder))
+    deadlines.attach(worker)
+    with (
+        worker,
+        CheckpointManager(
+            worker, args.checkpoint, queue_path=args.queue, on_commit=_commit_recorder(recorder)
+        ) as manager,
+    ):
+        train(args, worker, manager, recorder, deadlines)
+        _drain(manager)
+        # Leave together: a member that deregisters before the others'
+        # commits of the last steps arrive bumps the generation, and
+        # those steps can then never complete.
+        _barrier(worker, recorder, "done", args.barrier_timeout_s)
 
 
 def _drain(manager: CheckpointManager) -> None:
@@ -192,7 +220,11 @@ def _commit_recorder(recorder: Recorder) -> Callable[[CommitRecord, CommitAck], 
 
 
 def train(
-    args: argparse.Namespace, worker: Worker, manager: CheckpointManager, recorder: Recorder
+    args: argparse.Namespace,
+    worker: Worker,
+    manager: CheckpointManager,
+    recorder: Recorder,
+    deadlines: Deadlines,
 ) -> None:
     """The loop: resume, then epochs of shards, a save and a barrier every ``save_every`` steps."""
     model = torch.nn.Sequential(
@@ -200,9 +232,7 @@ def train(
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     state, step = _load(manager, recorder)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["opt"])
+    _restore(model, optimizer, state)
     worker.register_dataset("chaos", args.shards)
     sampler = ShardSampler(worker, "chaos", shard_size=SHARD_SIZE)
     loader = torch.utils.data.DataLoader(
@@ -223,9 +253,15 @@ def train(
             step += 1
             worker.report_progress(step)
             recorder.event("ok", "train", {"step": step, "loss": round(float(loss), 4)})
+            if (change := deadlines.change()) is not None:
+                recorder.event("info", "deadline", change)
             if step % args.save_every == 0:
-                state = {"model": model.state_dict(), "opt": optimizer.state_dict()}
-                _save(manager, recorder, state, step)
+                state = {
+                    "model": model.state_dict(),
+                    "opt": optimizer.state_dict(),
+                    "nonce": torch.rand(4),  # fresh each save: a re-save is never byte-identical
+                }
+                _save(manager, recorder, state, step, worker.job_life)
                 if _barrier(worker, recorder, f"step-{step}", args.barrier_timeout_s):
                     resumed = _catch_up(manager, recorder, model, optimizer, step)
                     if resumed > step:  # further on: a fresh pass over this worker's shards
@@ -259,9 +295,19 @@ def _catch_up(
     state, latest = _load(manager, recorder)
     if latest <= step:
         return step
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["opt"])
+    _restore(model, optimizer, state)
     return int(latest)
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """Load a real worker's saved state; a simulated worker's part (no model) leaves them be.
+
+    In a mixed run the part ``load_latest`` picks may be a simulated
+    worker's (``sim_checkpoint.py``): the step is resumed, the weights kept.
+    """
+    if isinstance(state, dict) and "model" in state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["opt"])
 
 
 def _record_assignment(recorder: Recorder, sampler: ShardSampler, epoch: int) -> None:
@@ -278,7 +324,14 @@ def _record_assignment(recorder: Recorder, sampler: ShardSampler, epoch: int) ->
     recorder.event("ok", "get_shards", value, generation=assignment.generation)
 
 
-def _save(manager: CheckpointManager, recorder: Recorder, state: dict[str, Any], step: int) -> None:
+def _save(
+    manager: CheckpointManager,
+    recorder: Recorder,
+    state: dict[str, Any],
+    step: int,
+    job_life: str,
+) -> None:
+    """Save asynchronously; ``ok`` (with the ``job_life`` it was saved in) once durable."""
     op_id = recorder.history.op_id(recorder.process)
     recorder.event("invoke", "save", {"step": step}, op_id)
     future = manager.save_async(state, step)
@@ -288,7 +341,7 @@ def _save(manager: CheckpointManager, recorder: Recorder, state: dict[str, Any],
         with lock:
             error = finished.exception()
             if error is None:
-                recorder.event("ok", "save", {"step": step}, op_id)
+                recorder.event("ok", "save", {"step": step, "job_life": job_life}, op_id)
             else:
                 recorder.event("fail", "save", {"step": step, "error": type(error).__name__}, op_id)
 
@@ -312,6 +365,8 @@ def _barrier(worker: Worker, recorder: Recorder, name: str, timeout_s: float) ->
         )
     except BarrierMissed:
         return True
+    except WorkerSuperseded:
+        raise  # this membership is over: the process starts a new one (``main``)
     except DtrError:
         pass
     return False

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dtr import mutants
 from dtr.errors import MembershipChanged, StaleIncarnation, UnknownWorker
 from dtr.keys import JobKeys
 from dtr.store import Compare, Delete, Get, KeyValue, Op, Put
@@ -90,6 +91,8 @@ class BarrierState:
     def has_arrival_of(self, worker_id: str, incarnation: int) -> bool:
         """Whether this incarnation (0: any) of ``worker_id`` arrived."""
         arrived = self.arrived.get(worker_id)
+        if mutants.active(mutants.INCARNATION_BLIND_BARRIERS):  # MUTANT: any incarnation
+            return arrived is not None
         return arrived is not None and (arrived == incarnation or 0 in (arrived, incarnation))
 
     def outcome(self, view: ClusterView) -> Outcome:
@@ -217,13 +220,14 @@ def still_valid(
     generation moved.
     """
     valid = []
+    blind = mutants.active(mutants.INCARNATION_BLIND_BARRIERS)  # MUTANT: any incarnation
     for worker_id, (incarnation, generation) in pending.items():
         member = view.members.get(worker_id)
         if (
             generation == state.generation
             and member is not None
             and member.alive
-            and member.incarnation == incarnation
+            and (blind or member.incarnation == incarnation)
         ):
             valid.append(worker_id)
     return sorted(valid)

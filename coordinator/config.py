@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtr import mutants
 from dtr.errors import InvalidArgument
 from dtr.etcd_auth import EtcdCredentials, load_etcd_security
 from dtr.keys import validate_name
@@ -224,6 +225,8 @@ class CoordinatorConfig:
         """
         if self.etcd_keepalive_timeout_s is not None:
             return self.etcd_keepalive_timeout_s
+        if mutants.active(mutants.SHORT_KEEPALIVE):  # MUTANT short-keepalive: the pre-fix 0.2 s
+            return mutants.SHORT_KEEPALIVE_TIMEOUT_S
         return self.renew_deadline_s - self.keepalive_interval_s
 
     def _check_security(self) -> None:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from dtr import mutants
 from dtr.errors import DtrError, LeaseExpired, StoreError
 from dtr.keys import JobKeys
 from dtr.store import Compare, EtcdStore, KeyValue, Put
@@ -135,6 +136,8 @@ class Elector:
         )
         self._max_in_flight = keepalives_in_flight(self._keepalive_timeout_s, self._interval_s)
         self._on_change = on_change
+        if mutants.active(mutants.UNFENCED_WRITES):  # MUTANT unfenced-writes
+            self_fencing = False  # no fence compare in any leader write, never a step-down
         self.self_fencing = self_fencing
         if not self_fencing:
             _log.warning("UNSAFE: fencing is disabled; this replica never steps down (test only)")

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from dtr import mutants
 from dtr.errors import CoordinatorUnavailable, DtrError, NotLeader, StoreUnavailable
 from dtr.keys import JobKeys
 from dtr.store import Compare, EtcdStore, Get, Op, Put, TxnResult
@@ -245,6 +246,8 @@ class Coordinator:
         that misses this write. The write finishes even if the caller is
         cancelled (``_to_the_end``).
         """
+        if mutants.active(mutants.CANCELLED_WRITE):  # MUTANT cancelled-write: no shield
+            return await self._write_locked(planner, prepare, on_applied)
         return await _to_the_end(self._write_locked(planner, prepare, on_applied))
 
     async def _write_locked(
@@ -311,7 +314,8 @@ class Coordinator:
         stamp = {"replica": self.elector.replica_id, "term": term.revision}
         stamped = [*ops, Put(self.keys.writer, json.dumps(stamp, sort_keys=True).encode())]
         failure = [Get(term.key), *reads]
-        check_txn_limits([*fence, *compares], stamped, failure)
+        if not mutants.active(mutants.UNBOUNDED_MARK_DEAD):  # MUTANT unbounded-mark-dead
+            check_txn_limits([*fence, *compares], stamped, failure)
         with self.metrics.etcd("write"):
             return await asyncio.to_thread(self.store.txn, [*fence, *compares], stamped, failure)
 
@@ -663,7 +667,9 @@ class Coordinator:
             return f"leader term {term.revision}: {len(self._view.live_members())} workers alive"
         view = self._view
         silent = {w: self._view.members[w].incarnation for w in dead}
-        for batch in batches(dead):  # a rack at once: one transaction per batch
+        # MUTANT unbounded-mark-dead: the whole rack in one transaction.
+        unbounded = mutants.active(mutants.UNBOUNDED_MARK_DEAD)
+        for batch in [dead] if unbounded else batches(dead):  # a rack: one transaction per batch
             view = await self._declare_dead(batch, silent)
         named = ", ".join(dead[:_DEAD_LISTED])
         more = f" and {len(dead) - _DEAD_LISTED} more" if len(dead) > _DEAD_LISTED else ""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dtr import mutants
 from dtr.errors import AlreadyExists
 from dtr.keys import JobKeys
 from dtr.store import Compare, Delete, Op, Put
@@ -64,7 +65,8 @@ def _plan_members(
     keys: JobKeys, view: ClusterView, changes: Mapping[str, MemberRecord | None]
 ) -> WritePlan:
     """Write (or delete, for None) member records and bump the generation once."""
-    if len(changes) > MAX_MEMBER_CHANGES_PER_TXN:
+    unbounded = mutants.active(mutants.UNBOUNDED_MARK_DEAD)  # MUTANT unbounded-mark-dead
+    if len(changes) > MAX_MEMBER_CHANGES_PER_TXN and not unbounded:
         raise ValueError(
             f"{len(changes)} member changes in one plan; split them into batches of "
             f"{MAX_MEMBER_CHANGES_PER_TXN} (membership.batches)"
@@ -92,6 +94,8 @@ def _plan_members(
 
 def _new_live_incarnation(view: ClusterView, changes: Mapping[str, MemberRecord | None]) -> bool:
     """Whether a live member is replaced by a new incarnation of its id (a restart)."""
+    if mutants.active(mutants.INCARNATION_BLIND_BARRIERS):  # MUTANT incarnation-blind-barriers
+        return False
     for worker_id, record in changes.items():
         before = view.members.get(worker_id)
         if (

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dtr import mutants
 from dtr.errors import AlreadyExists, CheckpointError, DtrError, InvalidArgument, NoCheckpoint
 from dtr.keys import validate_step
 from dtr.proto import coordinator_pb2 as pb
@@ -183,6 +184,7 @@ class CheckpointManager:
             raise InvalidArgument(f"checksum must be 'crc32c' or 'sha256'; got {checksum!r}")
         if not replica_wait_s > 0:
             raise InvalidArgument(f"replica_wait_s must be > 0; got {replica_wait_s!r}")
+        mutants.selected()  # a misspelt planted bug refuses to start (test harness only)
         self._worker, self.keep, self.checksum, self.when_full = worker, keep, checksum, when_full
         self.replicated, self.writer, self.replica_wait_s = replicated, writer, replica_wait_s
         self._stopping = threading.Event()
@@ -263,6 +265,8 @@ class CheckpointManager:
     def _object_name(self, step: int, token: str) -> str:
         if self.replicated:
             return replicated_name(step, token)
+        if mutants.active(mutants.PARTS_OVERWRITTEN):  # MUTANT: one fixed name per step, worker
+            token = ""
         return part_name(step, self._worker.worker_id, token)
 
     def _settle(self, future: Future[SaveResult]) -> None:

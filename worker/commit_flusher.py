@@ -43,8 +43,9 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from dtr import mutants
 from dtr.errors import AlreadyExists, CheckpointError, DtrError, InvalidArgument, WrongJobLife
 from dtr.retry import RetryPolicy, is_retryable
 
@@ -90,6 +91,13 @@ class StuckCommit:
             f"{record.generation}) failed {self.attempts} times in a row with "
             f"{type(self.error).__name__}: {self.error}"
         )
+
+
+def _as_sent(record: CommitRecord) -> CommitRecord:
+    """``record`` as it goes on the wire (the mutant sends it as a pre-lives queue did)."""
+    if mutants.active(mutants.REPLAY_OTHER_LIFE):  # MUTANT replay-other-life: no life,
+        return replace(record, job_life="", incarnation=0)  # so no WrongJobLife either
+    return record
 
 
 class CommitFlusher:
@@ -201,7 +209,7 @@ class CommitFlusher:
 
     def _set_aside_other_lives(self) -> None:
         """Set aside pending records of other job lives; logged once per life seen."""
-        if self._job_life is None:
+        if self._job_life is None or mutants.active(mutants.REPLAY_OTHER_LIFE):  # MUTANT
             return
         life = self._job_life()
         if life == self._life_checked:
@@ -229,7 +237,7 @@ class CommitFlusher:
         stuck_attempts = 0
         while not self._stop.is_set():
             try:
-                ack = self._send(record)
+                ack = self._send(_as_sent(record))
             except WrongJobLife as err:
                 self._queue.set_aside(seq)
                 _log.warning(

@@ -223,6 +223,19 @@ class Worker:
         return self._job_life
 
     @property
+    def attempt_timeout_s(self) -> float:
+        """The deadline of one call attempt that sets none of its own (a long poll does).
+
+        Settable while the worker runs: the chaos harness's ``client-cancel``
+        shortens it below a leader write, so coordinators see calls cancelled.
+        """
+        return self._client.attempt_timeout_s
+
+    @attempt_timeout_s.setter
+    def attempt_timeout_s(self, value: float) -> None:
+        self._client.attempt_timeout_s = _positive("attempt_timeout_s", value)
+
+    @property
     def generation(self) -> int:
         """The newest membership generation any coordinator answer carried."""
         return self._client.generation

@@ -20,6 +20,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from dtr import mutants
 from dtr.errors import InvalidArgument
 
 from .options import ENV_NOTE, Commands, EnvOption, Parser, add_debug, add_options
@@ -92,6 +93,9 @@ def add_chaos_command(commands: Commands[Parser]) -> None:
         help="a scenario name from 'dtr chaos list', or the path of a scenario .yaml file",
     )
     add_options(run, _RUN_OPTIONS)
+    # Hidden, like the coordinator's --unsafe-disable-fencing: plant one bug of
+    # dtr.mutants in every process of the run, to prove the checkers catch it.
+    run.add_argument("--mutant", metavar="NAME", default=None, help=argparse.SUPPRESS)
     run.set_defaults(run=run_chaos_run)
 
 
@@ -123,10 +127,17 @@ def run_chaos_run(args: argparse.Namespace) -> int:
     ).absolute()
     if report is not None and not (report.parent.is_dir() or report.parent == work_dir):
         raise InvalidArgument(f"--report: no directory {report.parent} to write into")
+    mutant = mutants.parse(args.mutant)
     print(f"seed: {seed}", flush=True)
+    if mutant is not None:
+        print(f"mutant: {mutant} (a planted bug: the checks are expected to fail)", flush=True)
     with sigterm_interrupts():
         result = run_scenario(
-            scenario, seed=seed, work_dir=work_dir, progress=lambda line: print(line, flush=True)
+            scenario,
+            seed=seed,
+            work_dir=work_dir,
+            progress=lambda line: print(line, flush=True),
+            mutant=mutant,
         )
     print(format_summary(result), flush=True)
     if report is not None:

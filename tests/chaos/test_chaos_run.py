@@ -66,8 +66,15 @@ def test_a_short_leader_kill_run_injects_heals_measures_failover_and_passes_ever
         "record-barriers",
         "record-checkpoints",
         "record-members",
+        "record-generations",
+        "record-parts",
+        "record-reports",
+        "record-completion",
+        "record-part-names",
+        "record-deaths",
     }
-    assert all(checked > 0 for checked in record.values()), record  # etcd's record was judged
+    # etcd's record was judged (no fault here kills a worker for good: no deaths to judge)
+    assert all(checked > 0 for name, checked in record.items() if name != "record-deaths"), record
     assert lines[0].startswith(f"seed {SEED}: scenario leader-crash-loop")
     healed = [f for f in result.faults if f.outcome == "healed"]
     assert len(healed) == len(result.schedule) == 2
@@ -116,7 +123,7 @@ def test_dtr_chaos_list_prints_every_built_in_scenario() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["no-such-scenario"], "unknown scenario 'no-such-scenario'; known: disk-full"),
+        (["no-such-scenario"], "unknown scenario 'no-such-scenario'; known: cancel-storm, disk-full"),
         (["zombie-leader", "--seed", "-3"], "--seed must be a whole number >= 0"),
         (["zombie-leader", "--duration", "-5"], "duration must be a positive number"),
         (["no/such.yaml"], "no/such.yaml: cannot read the scenario file"),

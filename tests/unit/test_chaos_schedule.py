@@ -146,6 +146,12 @@ SHIPPED = {
     "scale-200",
     "slow-storage",
     "identity-and-time",
+    "pause-and-cancel",
+    "rack-failure",
+    "job-restart",
+    "cancel-storm",
+    "soak-fleet",
+    "soak-job",
 }
 
 
@@ -155,7 +161,7 @@ def test_the_built_in_scenarios_are_valid_and_unknown_names_list_them() -> None:
     for name, scenario in scenarios.items():
         assert scenario.name == name
         assert schedule(scenario, scenario.seed)
-    with pytest.raises(InvalidArgument, match="known: disk-full, etcd-member-loss, "):
+    with pytest.raises(InvalidArgument, match="known: cancel-storm, disk-full, etcd-member-loss, "):
         get_scenario("no-such-scenario")
 
 

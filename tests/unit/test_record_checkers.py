@@ -7,55 +7,24 @@ checker for that invariant fires, naming the revision.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from record_support import (
+    KEYS,
+    LEADER,
+    OTHER,
+    Record,
+    complete,
+    completing,
+    joined,
+    member,
+    part,
+)
 
-from dtr.chaos.checker_record import check_record
-from dtr.chaos.etcd_record import RecordEvent
-from dtr.keys import JobKeys
-
-KEYS = JobKeys("job")
-LEADER = KEYS.candidate(0xA)
-OTHER = KEYS.candidate(0xB)
-
-
-class Record:
-    """Builds a history revision by revision; ``leader_txn`` stamps like the coordinator."""
-
-    def __init__(self) -> None:
-        self.events: list[RecordEvent] = []
-        self.revision = 1
-
-    def raw(self, *changes: tuple[str, str, object]) -> Record:
-        """One revision of ``(kind, key, value)`` changes (a put's value as JSON or bytes)."""
-        self.revision += 1
-        for kind, key, value in changes:
-            data = value if isinstance(value, bytes) else json.dumps(value).encode()
-            self.events.append(RecordEvent(self.revision, kind, key, data, self.revision))
-        return self
-
-    def campaign(self, key: str) -> int:
-        self.raw(("put", key, {"replica_id": key[-1], "address": "h:1"}))
-        return self.revision
-
-    def leader_txn(self, term: int, *puts: tuple[str, object], replica: str = "r0") -> Record:
-        stamp = ("put", KEYS.writer, {"replica": replica, "term": term})
-        return self.raw(*(("put", k, v) for k, v in puts), stamp)
-
-
-def member(worker: str, incarnation: int, alive: bool = True) -> tuple[str, object]:
-    record = {"worker_id": worker, "capacity": 1.0, "alive": alive, "incarnation": incarnation}
-    return KEYS.member(worker), record
+from dtr.chaos.checker_record import check_record, replay_record
 
 
 def failing(record: Record) -> dict[str, list[str]]:
     results = check_record(record.events, KEYS)
     return {r.name: [v.message for v in r.violations] for r in results if not r.ok}
-
-
-def joined(record: Record, term: int, workers: Sequence[str], generation: int) -> Record:
-    puts = [member(w, 1) for w in workers]
-    return record.leader_txn(term, *puts, (KEYS.generation, generation))
 
 
 def test_a_clean_history_passes_every_record_check() -> None:
@@ -150,3 +119,117 @@ def test_a_member_record_going_back_to_an_older_incarnation_is_caught() -> None:
     assert failing(record) == {
         "record-members": ["revision 4: member w went back from incarnation 3 to 2"]
     }
+
+
+def test_a_step_completed_with_one_part_per_live_member_passes() -> None:
+    record = Record()
+    term = record.campaign(LEADER)
+    joined(record, term, ["a", "b"], 1)
+    record.leader_txn(term, (KEYS.checkpoint_commit(10, "a"), part(1, "a")))
+    completing(record, term, 10, complete(10, 1, 2), "b")
+    assert failing(record) == {}
+
+
+def test_a_step_completed_without_a_live_members_part_is_caught() -> None:
+    record = Record()
+    term = record.campaign(LEADER)
+    joined(record, term, ["a", "b"], 1)
+    completing(record, term, 10, complete(10, 1, 2), "a")  # b never committed
+    assert failing(record) == {
+        "record-checkpoints": [
+            f"revision {record.revision}: step 10 completed without the part of live member(s) b"
+        ]
+    }
+
+
+def test_a_part_of_a_non_member_or_a_wrong_count_in_a_complete_step_is_caught() -> None:
+    record = Record()
+    term = record.campaign(LEADER)
+    joined(record, term, ["a"], 1)
+    record.leader_txn(term, (KEYS.checkpoint_commit(10, "ghost"), part(1, "ghost")))
+    completing(record, term, 10, complete(10, 1, 3), "a")
+    messages = failing(record)["record-checkpoints"]
+    assert messages == [
+        f"revision {record.revision}: step 10 completed with parts of generation 1 from "
+        "non-members ghost",
+        f"revision {record.revision}: step 10 complete record counts 3 workers; 1 were live "
+        "members",
+    ]
+
+
+def test_a_step_completed_under_an_old_generation_or_twice_is_caught() -> None:
+    record = Record()
+    term = record.campaign(LEADER)
+    joined(record, term, ["a"], 1)
+    completing(record, term, 10, complete(10, 1, 1), "a")
+    joined(record, term, ["a"], 2)
+    completing(record, term, 20, complete(20, 1, 1), "a")  # the job is at generation 2
+    stale = record.revision
+    completing(record, term, 10, complete(10, 2, 1), "a")  # step 10 again, same life
+    assert failing(record) == {
+        "record-checkpoints": [
+            f"revision {stale}: step 20 completed under generation 1 while the job was at 2",
+            f"revision {record.revision}: step 10 completed again in the same job life",
+            f"revision {record.revision}: latest moved back 20 -> 10",
+        ]
+    }
+
+
+def wipe(record: Record) -> Record:
+    """What ``job-restart`` does to etcd: every key of the job deleted in one revision."""
+    live: dict[str, None] = {}
+    for event in record.events:
+        if event.kind == "put":
+            live[event.key] = None
+        else:
+            live.pop(event.key, None)
+    return record.raw(*(("delete", key, b"") for key in live))
+
+
+def two_lives() -> tuple[Record, int]:
+    """Life u1 reaches step 20 with w at incarnation 3; it is wiped; life u2 starts over."""
+    record = Record()
+    term = record.campaign(LEADER)
+    record.leader_txn(term, (KEYS.job_life, b"u1"))
+    record.leader_txn(term, member("w", 3), (KEYS.generation, 1))
+    completing(record, term, 20, complete(20, 1, 1), "w")
+    wipe(record)
+    term = record.campaign(OTHER)
+    record.leader_txn(term, (KEYS.job_life, b"u2"))
+    record.leader_txn(term, member("w", 1), (KEYS.generation, 1))  # incarnations restart
+    completing(record, term, 10, complete(10, 1, 1), "w")  # latest back, across lives
+    completing(record, term, 20, complete(20, 1, 1), "w")  # step 20 completes again
+    return record, term
+
+
+def test_a_new_job_life_starts_the_replay_over() -> None:
+    record, _ = two_lives()
+    assert failing(record) == {}
+    replay = replay_record(record.events, KEYS)
+    assert replay.facts.lives == ["u1", "u2"]
+    assert [(r.step, sorted(r.parts)) for r in replay.facts.retained] == [(10, ["w"]), (20, ["w"])]
+    assert replay.facts.parts == {(0, 20, "w"), (1, 10, "w"), (1, 20, "w")}
+
+
+def test_within_the_second_life_every_rule_still_holds() -> None:
+    record, term = two_lives()
+    completing(record, term, 15, complete(15, 1, 1), "w")  # latest 20 -> 15 in life u2
+    record.leader_txn(term, member("w", 0))  # back from incarnation 1 within life u2
+    found = failing(record)
+    assert found["record-checkpoints"] == [
+        f"revision {record.revision - 1}: latest moved back 20 -> 15"
+    ]
+    assert found["record-members"] == [
+        f"revision {record.revision}: member w went back from incarnation 1 to 0"
+    ]
+
+
+def test_a_new_life_uid_without_a_wipe_also_starts_over() -> None:
+    record = Record()
+    term = record.campaign(LEADER)
+    record.leader_txn(term, (KEYS.job_life, b"u1"), member("w", 5), (KEYS.generation, 1))
+    completing(record, term, 20, complete(20, 1, 1), "w")
+    record.leader_txn(term, (KEYS.job_life, b"u2"), member("w", 1), (KEYS.generation, 1))
+    completing(record, term, 10, complete(10, 1, 1), "w")
+    assert failing(record) == {}
+    assert replay_record(record.events, KEYS).facts.lives == ["u1", "u2"]

@@ -1,0 +1,91 @@
+"""``commit-lives``: a worker commits only a part it saved in the job life it commits in.
+
+A commit record goes on a worker's queue when the save is made and is sent
+later, possibly by a later process of the same worker id. When the job was
+wiped in between (a new job life: "A new life of the job meets an old life's
+commit queue", docs/failure-semantics.md), the old life's records must be set
+aside, never sent: the new life's etcd would otherwise take a part of a model
+it never trained, and complete a step with it.
+
+``record-reports`` matches the record's parts to saves by worker and step,
+and a new life that saved the same step later passes that match. This check
+uses time instead: each commit a worker reported ``accepted`` or
+``duplicate`` must follow a ``save`` ``ok`` of that step by the same worker
+in the same job life (the life of the save, else of the ``register`` in
+force; unknown lives match any). A save whose process died before its
+outcome may still have been queued and committed by the next process, and a
+history may report no saves at all (a hand-made one): such commits are
+counted as unchecked. A worker that saved the step only in another life, or
+only after the commit, is a violation.
+
+It is what sees the ``replay-other-life`` mutant (``dtr.mutants``): the new
+process sends the old life's queued commit without its life, and the new
+life accepts it before the worker has saved that step again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from .checker_base import CheckResult, Findings, operations, worker_id
+from .checker_reports import COMMITTED, _Registrations
+from .history import Event
+
+NAME = "commit-lives"
+
+#: (worker, step) → (time, job life or None) of each save ok.
+Saves = dict[tuple[str, int], list[tuple[float, str | None]]]
+
+
+def check_commit_lives(events: Sequence[Event]) -> CheckResult:
+    """Judge each committed commit against the saves of its step before it, life by life."""
+    found = Findings(NAME)
+    registrations = _Registrations(events)
+    saves, unknown = _saves(events, registrations)
+    for event in events:
+        worker = worker_id(event.process)
+        if worker is None or event.f != "commit" or event.type != "ok":
+            continue
+        if event.value.get("outcome") not in COMMITTED or "step" not in event.value:
+            continue
+        step = int(event.value["step"])
+        registered, _ = registrations.at(worker, event.time)
+        life = registered.job_life if registered else None
+        if any(t <= event.time and _same(life, s) for t, s in saves[(worker, step)]):
+            found.checked += 1
+        elif (worker, step) in unknown or not saves[(worker, step)]:
+            found.unchecked += 1  # a save of unknown outcome, or a history without saves
+        else:
+            found.checked += 1
+            found.flag(
+                f"{worker} reported its commit of step {step} {event.value['outcome']} "
+                f"(t={event.time:.1f}s, job life {life}), but saved no step {step} in that "
+                "life before it",
+                [event],
+            )
+    return found.result()
+
+
+def _saves(
+    events: Sequence[Event], registrations: _Registrations
+) -> tuple[Saves, set[tuple[str, int]]]:
+    saves: Saves = defaultdict(list)
+    unknown: set[tuple[str, int]] = set()
+    for op in operations(events, {"save"}):
+        worker = worker_id(op.process)
+        event = op.done or op.invoke
+        if worker is None or event is None or "step" not in event.value:
+            continue
+        key = (worker, int(event.value["step"]))
+        if op.done is None:
+            unknown.add(key)
+        elif op.is_ok():
+            registered, _ = registrations.at(worker, op.done.time)
+            life = op.done.value.get("job_life") or (registered.job_life if registered else None)
+            saves[key].append((op.done.time, str(life) if life else None))
+    return saves, unknown
+
+
+def _same(commit_life: str | None, save_life: str | None) -> bool:
+    return commit_life is None or save_life is None or commit_life == save_life
