@@ -123,7 +123,10 @@ def test_dtr_chaos_list_prints_every_built_in_scenario() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["no-such-scenario"], "unknown scenario 'no-such-scenario'; known: cancel-storm, disk-full"),
+        (
+            ["no-such-scenario"],
+            "unknown scenario 'no-such-scenario'; known: cancel-storm, disk-full",
+        ),
         (["zombie-leader", "--seed", "-3"], "--seed must be a whole number >= 0"),
         (["zombie-leader", "--duration", "-5"], "duration must be a positive number"),
         (["no/such.yaml"], "no/such.yaml: cannot read the scenario file"),
