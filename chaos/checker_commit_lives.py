@@ -43,6 +43,7 @@ def check_commit_lives(events: Sequence[Event]) -> CheckResult:
     found = Findings(NAME)
     registrations = _Registrations(events)
     saves, unknown = _saves(events, registrations)
+    any_saves = any(saves.values()) or any(unknown.values())
     for event in events:
         worker = worker_id(event.process)
         if worker is None or event.f != "commit" or event.type != "ok":
@@ -54,8 +55,12 @@ def check_commit_lives(events: Sequence[Event]) -> CheckResult:
         life = registered.job_life if registered else None
         if any(t <= event.time and _same(life, s) for t, s in saves[(worker, step)]):
             found.checked += 1
-        elif (worker, step) in unknown or not saves[(worker, step)]:
-            found.unchecked += 1  # a save of unknown outcome, or a history without saves
+        elif not any_saves or any(
+            t <= event.time and _same(life, s) for t, s in unknown[(worker, step)]
+        ):
+            # A save of this life begun before the commit whose process died before it
+            # recorded an outcome; or a history that records no saves at all.
+            found.unchecked += 1
         else:
             found.checked += 1
             found.flag(
@@ -67,20 +72,21 @@ def check_commit_lives(events: Sequence[Event]) -> CheckResult:
     return found.result()
 
 
-def _saves(
-    events: Sequence[Event], registrations: _Registrations
-) -> tuple[Saves, set[tuple[str, int]]]:
+def _saves(events: Sequence[Event], registrations: _Registrations) -> tuple[Saves, Saves]:
+    """Saves that ended ok, and saves with no outcome (by their invoke), with their lives."""
     saves: Saves = defaultdict(list)
-    unknown: set[tuple[str, int]] = set()
+    unknown: Saves = defaultdict(list)
     for op in operations(events, {"save"}):
         worker = worker_id(op.process)
         event = op.done or op.invoke
         if worker is None or event is None or "step" not in event.value:
             continue
         key = (worker, int(event.value["step"]))
-        if op.done is None:
-            unknown.add(key)
-        elif op.is_ok():
+        if op.done is None and op.invoke is not None:
+            registered, _ = registrations.at(worker, op.invoke.time)
+            life = op.invoke.value.get("job_life") or (registered.job_life if registered else None)
+            unknown[key].append((op.invoke.time, str(life) if life else None))
+        elif op.done is not None and op.is_ok():
             registered, _ = registrations.at(worker, op.done.time)
             life = op.done.value.get("job_life") or (registered.job_life if registered else None)
             saves[key].append((op.done.time, str(life) if life else None))

@@ -11,7 +11,10 @@ still counts:
   the term that was current; terms never go back.
 - ``record-barriers`` (invariant 2): at the revision a barrier is released,
   every live member is at the barrier's generation and arrived there as its
-  current incarnation.
+  current incarnation; a barrier generation is released once per life (the
+  coordinator writes a state key only when its value changes, so any second
+  ``released`` put for one generation, even an identical one, is a second
+  release).
 - ``record-checkpoints`` (invariant 4): ``latest`` never moves back; a step
   completes once per life, under the job's current generation, with exactly
   one part of that generation per live member (no part missing, none from a
@@ -81,6 +84,7 @@ class _Audit:
         self.members: list[str] = []
         self.writes = self.member_puts = self.steps = 0
         self.last_term, self.last_latest = 0, -1
+        self.released: dict[tuple[str, int], int] = {}  # (barrier, generation) -> revision, a life
 
     def revision(self, revision: int, group: list[RecordEvent]) -> None:
         if starts_life(self.state, group):
@@ -88,6 +92,7 @@ class _Audit:
             self.state = self.state.next_life()
             self.facts.lives.append("")
             self.last_latest = -1
+            self.released = {}
         state = self.state
         term = state.leader_term()  # the term current when the transaction ran
         before = dict(state.members)
@@ -136,6 +141,17 @@ class _Audit:
             release = _release(keys, revision, event, state)
             self.facts.releases.append(release)
             self.barriers += _check_release(release, state.generation)
+            self.barriers += self._check_once(release)
+
+    def _check_once(self, release: Release) -> list[str]:
+        """A barrier generation is released once per life (the leader never re-puts a release)."""
+        first = self.released.setdefault((release.name, release.generation), release.revision)
+        if first == release.revision:
+            return []
+        return [
+            f"revision {release.revision}: barrier {release.name} released again for generation "
+            f"{release.generation} in the same job life (first at revision {first})"
+        ]
 
     def _end_life(self) -> None:
         self.checkpoints += _stuck_steps(self.state)

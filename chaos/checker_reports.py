@@ -95,16 +95,19 @@ def _check_barriers(
     releases: dict[tuple[str, int], list[Release]] = defaultdict(list)
     for release in facts.releases:
         releases[(release.name, release.generation)].append(release)
-    for event in events:
-        worker = worker_id(event.process)
-        if worker is None or event.f != "barrier" or event.type != "ok":
+    for op in operations(events, {"barrier"}):
+        worker, event = worker_id(op.process), op.done
+        if worker is None or event is None or not op.is_ok():
             continue
         name, generation = event.value.get("name"), event.value.get("generation")
         if name is None or generation is None:
             out.unchecked += 1
             continue
         out.checked += 1
-        registered, bound = registrations.at(worker, event.time)
+        # The incarnation that arrived: registered when the call began (a release
+        # answered after a rejoin was made for the incarnation before it).
+        arrived_at = op.invoke.time if op.invoke is not None else event.time
+        registered, bound = registrations.at(worker, arrived_at)
         lives = _lives(facts, registered.job_life if registered else None)
         found = [
             r
@@ -165,16 +168,18 @@ def _check_parts_saved(
     events: Sequence[Event], facts: RecordFacts, registrations: _Registrations, out: Findings
 ) -> None:
     saved: dict[tuple[str, int], list[str | None]] = defaultdict(list)
-    unknown: set[tuple[str, int]] = set()
+    unknown: dict[tuple[str, int], list[str | None]] = defaultdict(list)
     for op in operations(events, {"save"}):
         worker = worker_id(op.process)
         event = op.done or op.invoke
         if worker is None or event is None or "step" not in event.value:
             continue
         key = (worker, int(event.value["step"]))
-        if op.done is None:
-            unknown.add(key)
-        elif op.is_ok():
+        if op.done is None and op.invoke is not None:
+            registered, _ = registrations.at(worker, op.invoke.time)
+            life = op.invoke.value.get("job_life") or (registered.job_life if registered else None)
+            unknown[key].append(str(life) if life else None)
+        elif op.done is not None and op.is_ok():
             registered, _ = registrations.at(worker, op.done.time)
             life = op.done.value.get("job_life") or (registered.job_life if registered else None)
             saved[key].append(str(life) if life else None)
@@ -185,8 +190,11 @@ def _check_parts_saved(
         ]
         if life in lives:
             out.checked += 1
-        elif (worker, step) in unknown:
-            out.unchecked += 1
+        elif any(
+            (facts.life_of(cut_life) if cut_life else life) == life
+            for cut_life in unknown[(worker, step)]
+        ):
+            out.unchecked += 1  # a save of that life whose process died before its outcome
         else:
             out.checked += 1
             out.flag(

@@ -15,7 +15,13 @@ commit the coordinators never answered (or ``QUIESCE_S`` passed): the fault
 is about leftover local state, so it makes sure there is some. The ``ok``
 event names what was done (``"etcd": "kept" | "wiped"``, the commits left
 queued per worker); the checkers split the history into job lives at a
-wiped restart (``checker_lives.py``). Nothing is left to heal: the injector
+wiped restart (``checker_lives.py``).
+
+Whatever fails midway, every replica and worker stopped is started again.
+A restart that wiped etcd always ends ``ok`` (a replica that did not serve
+again is its ``error``), since only an ``ok`` event cuts the lives; one
+that kept etcd fails (``fail``) when the replicas did not serve again, and
+a failed wipe fails saying it may or may not have applied. Nothing is left to heal: the injector
 returns once every worker trained a step again (``training_again_s`` in the
 value, from the workers' kill), so the next fault hits a running job (like
 ``worker-restart-same-id``, nothing to undo).
@@ -29,10 +35,12 @@ from __future__ import annotations
 import random
 import time
 
+from dtr.errors import DtrError, StoreError
 from dtr.keys import JobKeys
 from dtr.store import EtcdStore
 from dtr.worker.commit_queue import CommitQueue
 
+from .coordinator_process import ClusterError
 from .history import Event
 from .nemesis_types import Injected, NoTarget, Targets
 from .workers import WorkerPool, wait_for
@@ -59,22 +67,48 @@ def restart_job(targets: Targets, rng: random.Random) -> Injected:
     for worker in workers:
         targets.workers.kill(worker)
     ends = {w: _end_of_history(targets.workers, w) for w in workers}
-    deleted = _wipe(cluster.etcd_endpoints, cluster.job) if wipe else 0
-    for replica in cluster.replicas:
-        replica.start()
-    cluster.wait_ready(timeout_s=RESTART_WAIT_S)
-    for worker in workers:
-        targets.workers.start(worker)
-    trained = _wait_training(targets.workers, ends)
+    try:
+        deleted = _wipe(cluster.etcd_endpoints, cluster.job) if wipe else 0
+    except StoreError as err:
+        _start_again(targets, workers)
+        raise StoreError(
+            f"job-restart: the wipe of etcd failed and may or may not have applied (no new "
+            f"job life is recorded); every replica and worker was started again: {err}"
+        ) from err
+    unready = _start_again(targets, workers)
     etcd = "wiped" if wipe else "kept"
+    if unready and not wipe:
+        raise ClusterError(
+            f"job-restart (etcd kept): every worker was started again, but {unready}"
+        )
+    trained = _wait_training(targets.workers, ends)
     value = {
         "target": f"every worker and replica, etcd {etcd}",
         "etcd": etcd,
         "keys_deleted": deleted,
         "queued": queued,
         "training_again_s": round(time.monotonic() - began, 3) if trained else None,
+        **({"error": unready} if unready else {}),
     }
     return Injected(value, lambda: None)
+
+
+def _start_again(targets: Targets, workers: list[str]) -> str | None:
+    """Start every replica and worker again, whatever fails; why the replicas did not serve.
+
+    Every one of them was stopped by the restart: leaving any down would turn
+    the rest of the run into an outage nobody scheduled.
+    """
+    try:
+        for replica in targets.cluster.replicas:
+            replica.start()
+        targets.cluster.wait_ready(timeout_s=RESTART_WAIT_S)
+    except DtrError as err:
+        return f"the replicas did not serve again: {err}"
+    finally:
+        for worker in workers:
+            targets.workers.start(worker)
+    return None
 
 
 def _quiesce(pool: WorkerPool, workers: list[str]) -> dict[str, int]:

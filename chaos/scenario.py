@@ -252,11 +252,16 @@ class Scenario:
                 )
 
     def _check_rack(self) -> None:
-        """``rack-failure`` kills whole simulated processes: 2+ of them, and enough workers."""
+        """``rack-failure`` kills whole simulated processes: 2+ of them, and enough workers.
+
+        A rack may take every simulated process (the training workers still
+        survive it): the issue-15 break it re-enacts needs 150+ deaths at once,
+        not survivors among the simulated ones.
+        """
         if self.sim_processes < 2:
             raise ScenarioError(
                 f"scenario {self.name}: rack-failure needs sim_processes >= 2 (a rack is whole "
-                f"processes, and some must survive); got {self.sim_processes}",
+                f"processes drawn from several); got {self.sim_processes}",
                 "sim_processes",
             )
         if self.rack_size > self.sim_workers:
