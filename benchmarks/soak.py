@@ -117,7 +117,8 @@ def summarize(results: list[RunResult], *, command: str, minutes: float) -> dict
 def _spread(times: list[float]) -> dict[str, Any]:
     if not times:
         return {"count": 0, "p50": None, "p99": None, "max": None}
-    p99 = statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
+    # "inclusive": the 99th percentile of what was measured, never beyond its maximum
+    p99 = statistics.quantiles(times, n=100, method="inclusive")[98] if len(times) > 1 else times[0]
     return {
         "count": len(times),
         "p50": round(statistics.median(times), 3),

@@ -50,8 +50,11 @@ class Recorder:
 
     def write(self, method: str, started: float, header: pb.ResponseHeader) -> None:
         """An accepted mutating call: its invoke (at ``started``) and its ok."""
-        if not header.term:
-            return  # no leader term on the answer: nothing the fencing checker can judge
+        if not header.term or not header.is_leader:
+            # No leader term, or not the leader's answer (a follower answering a
+            # released barrier stamps the newest term it knows, another replica's):
+            # nothing the fencing checker can judge.
+            return
         op_id = self.op_id()
         self.event("invoke", "write", {"rpc": method}, op_id, at=started)
         value = {"replica": header.replica_id, "rpc": method}

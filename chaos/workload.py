@@ -199,7 +199,10 @@ def _drain(manager: CheckpointManager) -> None:
 
 def _write_recorder(recorder: Recorder) -> Callable[[str, str, pb.ResponseHeader, bool], None]:
     def record(method: str, address: str, header: pb.ResponseHeader, accepted: bool) -> None:
-        if accepted and header.term:
+        # Only the leader's answers are writes: a follower answering a released
+        # barrier (or a deposed leader finishing a fenced write) stamps its header
+        # with the newest term it knows, which is another replica's.
+        if accepted and header.term and header.is_leader:
             value = {"replica": header.replica_id, "method": method}
             recorder.event("ok", "write", value, term=header.term, generation=header.generation)
 
