@@ -25,24 +25,22 @@ life accepts it before the worker has saved that step again.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
-from .checker_base import CheckResult, Findings, operations, worker_id
-from .checker_reports import COMMITTED, _Registrations
+from .checker_base import CheckResult, Findings, worker_id
+from .checker_reports import COMMITTED, Registrations, saves_by_step
 from .history import Event
 
 NAME = "commit-lives"
 
 #: (worker, step) → (time, job life or None) of each save ok.
-Saves = dict[tuple[str, int], list[tuple[float, str | None]]]
 
 
 def check_commit_lives(events: Sequence[Event]) -> CheckResult:
     """Judge each committed commit against the saves of its step before it, life by life."""
     found = Findings(NAME)
-    registrations = _Registrations(events)
-    saves, unknown = _saves(events, registrations)
+    registrations = Registrations(events)
+    saves, unknown = saves_by_step(events, registrations)
     any_saves = any(saves.values()) or any(unknown.values())
     for event in events:
         worker = worker_id(event.process)
@@ -70,27 +68,6 @@ def check_commit_lives(events: Sequence[Event]) -> CheckResult:
                 [event],
             )
     return found.result()
-
-
-def _saves(events: Sequence[Event], registrations: _Registrations) -> tuple[Saves, Saves]:
-    """Saves that ended ok, and saves with no outcome (by their invoke), with their lives."""
-    saves: Saves = defaultdict(list)
-    unknown: Saves = defaultdict(list)
-    for op in operations(events, {"save"}):
-        worker = worker_id(op.process)
-        event = op.done or op.invoke
-        if worker is None or event is None or "step" not in event.value:
-            continue
-        key = (worker, int(event.value["step"]))
-        if op.done is None and op.invoke is not None:
-            registered, _ = registrations.at(worker, op.invoke.time)
-            life = op.invoke.value.get("job_life") or (registered.job_life if registered else None)
-            unknown[key].append((op.invoke.time, str(life) if life else None))
-        elif op.done is not None and op.is_ok():
-            registered, _ = registrations.at(worker, op.done.time)
-            life = op.done.value.get("job_life") or (registered.job_life if registered else None)
-            saves[key].append((op.done.time, str(life) if life else None))
-    return saves, unknown
 
 
 def _same(commit_life: str | None, save_life: str | None) -> bool:

@@ -43,7 +43,7 @@ class _Registration:
     job_life: str | None
 
 
-class _Registrations:
+class Registrations:
     """Each worker's ``register`` answers in time order: who it was at any instant."""
 
     def __init__(self, events: Iterable[Event]) -> None:
@@ -74,7 +74,7 @@ class _Registrations:
 def check_reports(events: Sequence[Event], facts: RecordFacts) -> CheckResult:
     """Judge the workers' reports of barriers, commits and saves against the record."""
     findings = Findings("record-reports")
-    registrations = _Registrations(events)
+    registrations = Registrations(events)
     _check_barriers(events, facts, registrations, findings)
     _check_commits(events, facts, registrations, findings)
     _check_parts_saved(events, facts, registrations, findings)
@@ -90,7 +90,7 @@ def _lives(facts: RecordFacts, job_life: str | None) -> set[int] | None:
 
 
 def _check_barriers(
-    events: Sequence[Event], facts: RecordFacts, registrations: _Registrations, out: Findings
+    events: Sequence[Event], facts: RecordFacts, registrations: Registrations, out: Findings
 ) -> None:
     releases: dict[tuple[str, int], list[Release]] = defaultdict(list)
     for release in facts.releases:
@@ -140,7 +140,7 @@ def _was_live(
 
 
 def _check_commits(
-    events: Sequence[Event], facts: RecordFacts, registrations: _Registrations, out: Findings
+    events: Sequence[Event], facts: RecordFacts, registrations: Registrations, out: Findings
 ) -> None:
     for event in events:
         worker = worker_id(event.process)
@@ -165,34 +165,19 @@ def _check_commits(
 
 
 def _check_parts_saved(
-    events: Sequence[Event], facts: RecordFacts, registrations: _Registrations, out: Findings
+    events: Sequence[Event], facts: RecordFacts, registrations: Registrations, out: Findings
 ) -> None:
-    saved: dict[tuple[str, int], list[str | None]] = defaultdict(list)
-    unknown: dict[tuple[str, int], list[str | None]] = defaultdict(list)
-    for op in operations(events, {"save"}):
-        worker = worker_id(op.process)
-        event = op.done or op.invoke
-        if worker is None or event is None or "step" not in event.value:
-            continue
-        key = (worker, int(event.value["step"]))
-        if op.done is None and op.invoke is not None:
-            registered, _ = registrations.at(worker, op.invoke.time)
-            life = op.invoke.value.get("job_life") or (registered.job_life if registered else None)
-            unknown[key].append(str(life) if life else None)
-        elif op.done is not None and op.is_ok():
-            registered, _ = registrations.at(worker, op.done.time)
-            life = op.done.value.get("job_life") or (registered.job_life if registered else None)
-            saved[key].append(str(life) if life else None)
+    saved, unknown = saves_by_step(events, registrations)
     for life, step, worker in sorted(facts.parts):
         lives = [
             facts.life_of(saved_life) if saved_life else life
-            for saved_life in saved[(worker, step)]
+            for _, saved_life in saved[(worker, step)]
         ]
         if life in lives:
             out.checked += 1
         elif any(
             (facts.life_of(cut_life) if cut_life else life) == life
-            for cut_life in unknown[(worker, step)]
+            for _, cut_life in unknown[(worker, step)]
         ):
             out.unchecked += 1  # a save of that life whose process died before its outcome
         else:
@@ -201,3 +186,30 @@ def _check_parts_saved(
                 f"the record holds {worker}'s part of step {step} (job life {life}), "
                 f"but {worker} never reported saving step {step} in that life"
             )
+
+
+#: (worker, step) -> every save of it: (time, job life or None).
+Saves = dict[tuple[str, int], list[tuple[float, str | None]]]
+
+
+def saves_by_step(events: Sequence[Event], registrations: Registrations) -> tuple[Saves, Saves]:
+    """Saves that ended ok (at their outcome), and saves with no outcome (at their invoke).
+
+    A save's life is the ``job_life`` its event carries, else the life of the
+    registration in force then; a save with no outcome is one whose process
+    died mid-save, which may still have queued its commit.
+    """
+    saves: Saves = defaultdict(list)
+    unknown: Saves = defaultdict(list)
+    for op in operations(events, {"save"}):
+        worker = worker_id(op.process)
+        event = op.done if op.done is not None and op.is_ok() else None
+        into = saves
+        if op.done is None and op.invoke is not None:
+            event, into = op.invoke, unknown
+        if worker is None or event is None or "step" not in event.value:
+            continue
+        registered, _ = registrations.at(worker, event.time)
+        life = event.value.get("job_life") or (registered.job_life if registered else None)
+        into[(worker, int(event.value["step"]))].append((event.time, str(life) if life else None))
+    return saves, unknown
