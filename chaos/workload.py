@@ -136,6 +136,8 @@ STOPPING = threading.Event()
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    level = logging.INFO if os.environ.get("DTR_DEBUG") else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     # Every process trains its own way: a re-saved step differs from the first save.
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") & (2**63 - 1))

@@ -9,18 +9,22 @@ every part recorded (DESIGN §5 invariant 4). ``latest`` only moves forward.
 
 A commit is SUPERSEDED — recorded nowhere, and the worker drops it from its
 queue — when its generation is not the current one (membership changed: the
-step can no longer complete under it) or a step at or after it is already
-complete. The same key (step, worker, generation) with the same part again is
-a DUPLICATE; with another part it is refused (``AlreadyExists``).
+step can no longer complete under it), when it names an incarnation that is
+no longer the member's (an earlier process of the id: a step completes only
+with parts of its live member incarnations, DESIGN §5 invariant 4), or when a
+step at or after it is already complete. The same key (step, worker,
+generation) with the same part again is a DUPLICATE; with another part it is
+refused (``AlreadyExists``), unless it is an earlier incarnation's.
 
 Retention keeps the newest ``keep`` complete steps; older steps, and steps
 below ``latest`` that never completed (abandoned), lose their records. The
 leader deletes them, fenced. The bytes on storage are their writers' to
 delete (the coordinator has no storage access by design).
 
-The leader serializes commits through its write lock and keeps what etcd
-holds about recent steps in a per-term cache (``CheckpointBook``), so a commit
-costs one transaction, not a read of every part of its step.
+The leader keeps what etcd holds about recent steps in a per-term cache
+(``CheckpointBook``), so a commit costs no read of every part of its step, and
+writes the commits that arrive together in one transaction
+(``commit_batches``).
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def decode_step(
     )
 
 
-def _latest_guard(keys: JobKeys, latest: CompleteRecord | None) -> Compare:
+def latest_guard(keys: JobKeys, latest: CompleteRecord | None) -> Compare:
     if latest is None:
         return Compare.absent(keys.latest_checkpoint)
     return Compare.value_is(keys.latest_checkpoint, latest.stored or latest.encode())
@@ -170,9 +174,15 @@ def plan_commit(
             f"life {view.job_life!r} (the job was recreated); the worker sets it aside"
         )
     record = PartRecord.of(commit)
+    # An earlier process of this id (paused, then resumed) may know the new
+    # generation from any answer; its part is not the live incarnation's.
+    member = view.members.get(commit.worker_id)
+    stale = member is not None and commit.incarnation not in (0, member.incarnation)
     existing = state.parts.get(commit.worker_id)
     if existing is not None and existing.generation == commit.generation:
         if existing != record:
+            if stale:
+                return CommitDecision("superseded", False, latest)
             raise AlreadyExists(
                 f"part: step {commit.step} of worker {commit.worker_id!r} (generation "
                 f"{commit.generation}) is already committed as {existing.uri!r} with checksum "
@@ -182,7 +192,7 @@ def plan_commit(
     if (latest is not None and latest.step >= commit.step) or state.complete is not None:
         return CommitDecision("superseded", False, latest)
     members = view.live_members()
-    if commit.generation != view.generation or commit.worker_id not in members:
+    if commit.generation != view.generation or commit.worker_id not in members or stale:
         return CommitDecision("superseded", False, latest)
     return _accept(keys, view, state, latest=latest, record=record, existing=existing)
 
@@ -200,7 +210,7 @@ def _accept(
     compares: list[Compare] = [
         Compare.absent(key) if existing is None else Compare.value_is(key, existing.encode()),
         Compare.value_is(keys.generation, str(view.generation).encode()),
-        _latest_guard(keys, latest),
+        latest_guard(keys, latest),
     ]
     ops: list[Op] = [Put(key, record.encode())]
     parts = {**state.parts, record.worker_id: record}

@@ -21,6 +21,7 @@ before it is sent (``dtr.store_types.check_txn_limits``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -54,10 +55,18 @@ from .checkpoints import (
     CompleteRecord,
     PartRecord,
     decode_step,
-    plan_commit,
     read_latest,
     retention_ops,
     step_reads,
+)
+from .commit_batches import (
+    MAX_COMMITS_PER_TXN,
+    MAX_STEPS_PER_READ,
+    BatchPlan,
+    CommitAnswer,
+    PendingCommit,
+    plan_commit_batch,
+    steps_to_load,
 )
 from .config import CoordinatorConfig
 from .election import Elector, Term
@@ -142,6 +151,8 @@ class Coordinator:
         self.barriers = Barriers(keys)
         self._flusher: asyncio.Task[None] | None = None
         self.checkpoints = CheckpointBook()
+        self._commits: collections.deque[PendingCommit] = collections.deque()
+        self._commit_flusher: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._retention_due = False
         self._releases_unretained = 0
@@ -508,42 +519,75 @@ class Coordinator:
     async def commit_checkpoint(self, commit: CheckpointCommit) -> CommitDecision:
         """Record one part (or answer DUPLICATE / SUPERSEDED); completes the step when due.
 
-        The checkpoint book learns of the part under the write lock
-        (``on_applied``), and the write runs to its end even if the caller is
-        cancelled: otherwise the step's last commit could find a part etcd
-        recorded missing, and the step would never complete.
+        Commits are group-committed (``commit_batches``): this one joins the
+        queue and the commit flusher writes what queued while its previous
+        transaction ran, up to ``MAX_COMMITS_PER_TXN`` per transaction. The
+        write runs on the flusher's task, so it runs to its end even if this
+        caller is cancelled: otherwise the step's last commit could find a part
+        etcd recorded missing, and the step would never complete.
         """
-        decisions: list[CommitDecision] = []
+        pending = PendingCommit.new(commit)
+        self._commits.append(pending)
+        if mutants.active(mutants.CANCELLED_WRITE):  # MUTANT cancelled-write: the
+            await self._flush_commits()  # caller's own task writes, cancellable mid-write
+        elif self._commit_flusher is None or self._commit_flusher.done():
+            self._commit_flusher = asyncio.create_task(self._flush_commits())
+        return await asyncio.shield(pending.answer)
+
+    async def _flush_commits(self) -> None:
+        """Write queued commits, a batch per transaction, until none are left."""
+        while self._commits:
+            count = min(len(self._commits), MAX_COMMITS_PER_TXN)
+            batch = [self._commits.popleft() for _ in range(count)]
+            answers: Sequence[CommitAnswer | Exception]
+            try:
+                answers = await self._write_commits([p.commit for p in batch])
+            except asyncio.CancelledError:
+                for pending in [*batch, *self._commits]:
+                    pending.settle(CoordinatorUnavailable("the coordinator is stopping; retry"))
+                raise
+            except Exception as err:  # every waiter must hear of it
+                answers = [err] * len(batch)
+            self.metrics.commit_batch.observe(len(answers))
+            for pending, answer in zip(batch, answers, strict=False):
+                pending.settle(answer)
+            # Commits that did not fit this transaction go first in the next one.
+            self._commits.extendleft(reversed(batch[len(answers) :]))
+
+    async def _write_commits(self, commits: list[CheckpointCommit]) -> tuple[CommitAnswer, ...]:
+        """One fenced transaction for ``commits`` (re-planned on a stale view); their answers."""
+        planned: list[BatchPlan] = []
 
         async def load() -> None:
-            book, reads = self.checkpoints, step_reads(self.keys, commit.step)
-            if book.loaded and commit.step in book.steps:
-                return
-            result = await asyncio.to_thread(
-                self.store.txn, [], [*reads, Get(self.keys.latest_checkpoint)]
-            )
-            parts, complete, latest = (r if isinstance(r, tuple) else () for r in result.results)
-            book.steps[commit.step] = decode_step(commit.step, parts, complete)
-            book.latest = CompleteRecord.decode(latest[0].value) if latest else None
-            book.loaded = True
+            book = self.checkpoints
+            missing = steps_to_load(book, commits)
+            for start in range(0, len(missing), MAX_STEPS_PER_READ):
+                chunk = missing[start : start + MAX_STEPS_PER_READ]
+                reads = [r for step in chunk for r in step_reads(self.keys, step)]
+                result = await asyncio.to_thread(
+                    self.store.txn, [], [*reads, Get(self.keys.latest_checkpoint)]
+                )
+                found = [r if isinstance(r, tuple) else () for r in result.results]
+                for i, step in enumerate(chunk):
+                    book.steps[step] = decode_step(step, found[2 * i], found[2 * i + 1])
+                latest = found[-1]
+                book.latest = CompleteRecord.decode(latest[0].value) if latest else None
+                book.loaded = True
 
         def planner(view: ClusterView) -> WritePlan | None:
-            book = self.checkpoints
-            decisions[:] = [
-                plan_commit(self.keys, view, book.steps[commit.step], book.latest, commit)
-            ]
-            return decisions[0].plan
+            planned[:] = [plan_commit_batch(self.keys, view, self.checkpoints, commits)]
+            return planned[0].plan
 
         def applied(view: ClusterView) -> None:
-            decision = decisions[-1]
-            self.checkpoints.on_applied(decision)
-            if decision.step_complete:
-                self._retention_due = True
-                if self._retention is None or self._retention.done():
-                    self._retention = asyncio.create_task(self._retain())
+            for decision in planned[-1].accepted:
+                self.checkpoints.on_applied(decision)
+                if decision.step_complete:
+                    self._retention_due = True
+            if self._retention_due and (self._retention is None or self._retention.done()):
+                self._retention = asyncio.create_task(self._retain())
 
         await self._write(planner, load, applied)
-        return decisions[-1]
+        return planned[-1].answers
 
     async def _retain(self) -> None:
         """Delete records of complete steps beyond the newest K, and of abandoned steps.

@@ -54,6 +54,12 @@ class CoordinatorMetrics:
             buckets=_RPC_BUCKETS_S,
             registry=self.registry,
         )
+        self.commit_batch = Histogram(
+            "dtr_coordinator_commit_batch_size",
+            "Checkpoint commits the leader wrote per transaction (group commit).",
+            buckets=(1, 2, 5, 10, 20, 40),
+            registry=self.registry,
+        )
         self.workers = Gauge(
             "dtr_coordinator_workers",
             "Workers known to this leader, by state.",

@@ -64,12 +64,14 @@ from dtr.proto import coordinator_pb2 as pb
 from dtr.storage import Checksum, Storage, StoredObject, open_storage
 
 from .checkpoint_format import FORMAT_VERSION, JsonValue, decode
+from .checkpoint_gc import OwnPartCollector
 from .checkpoint_rpc import LatestCheckpoint, StoredPart
 from .commit_flusher import CommitAck, CommitFlusher
 from .commit_queue import CommitQueue, CommitRecord, queue_file
 from .replicated import (
     await_manifest,
     is_replicated_object,
+    manifest_name,
     replicated_name,
     save_token,
     step_prefix,
@@ -213,6 +215,9 @@ class CheckpointManager:
         self._complete: set[int] = set()
         self._last_durable_step: int | None = None
         self._closed = False
+        self._collector = OwnPartCollector(
+            self.storage, is_own=self._is_own, step_of=step_of, referenced=self._referenced_uris
+        )
         self._flusher = CommitFlusher(
             self._queue,
             self._send,
@@ -294,9 +299,11 @@ class CheckpointManager:
             stored = self.storage.write(name, snap.buffers(), algorithm=self.checksum)
         finally:
             snap.release()
+        self._collector.wrote(name)
         self._worker.metrics.wrote_part(time.perf_counter() - started, stored.size_bytes)
         if self.replicated:
             write_manifest(self.storage, step, token, stored, who.job_life)
+            self._collector.wrote(manifest_name(step, token))
             return self._queue_commit(step, who, stored)
         try:
             return self._queue_commit(step, who, stored)
@@ -425,24 +432,20 @@ class CheckpointManager:
         self._delete_before(kept[0])
 
     def _delete_before(self, oldest_kept: int) -> None:
-        """Delete own objects of steps before ``oldest_kept`` that no pending commit names.
+        """Have own objects of steps before ``oldest_kept`` deleted (``checkpoint_gc``).
 
         A SUPERSEDED answer deletes nothing by itself: the object may be what
         a complete step references (replicated members adopted it; the same
         key was accepted before). Steps below the oldest retained complete
-        one are loaded by nobody, so their objects can go.
+        one are loaded by nobody, so their objects can go. The collector runs
+        on its own thread: this is called on the flusher's, and a listing or a
+        slow store must not hold back the next commit.
         """
-        referenced = {record.uri for _seq, record in self._queue.pending()}
-        for name in self.storage.list("step-"):
-            step = step_of(name)
-            if step is None or step >= oldest_kept or not self._is_own(name):
-                continue
-            if self.storage.uri_of(name) in referenced:
-                continue
-            try:
-                self.storage.delete(name)
-            except DtrError as err:  # harmless: retried with the next ack
-                _log.warning("could not delete %s of step %d: %s", name, step, err)
+        self._collector.collect_before(oldest_kept)
+
+    def _referenced_uris(self) -> set[str]:
+        """The uris pending commits name (never deleted: a step may yet reference them)."""
+        return {record.uri for _seq, record in self._queue.pending()}
 
     def _is_own(self, name: str) -> bool:
         """Whether this manager wrote ``name`` (any incarnation, old fixed names too)."""
@@ -511,6 +514,7 @@ class CheckpointManager:
         self._writer.shutdown(wait=True)
         self._flusher.wait_empty(min(timeout_s, 5.0))
         self._flusher.stop()
+        self._collector.close()
         self._worker.metrics.watch_commit_queue(None)  # before the queue closes
         self._queue.close()
 

@@ -385,3 +385,30 @@ def test_replicated_state_is_written_once_committed_by_everyone_and_loads_anywhe
             )
             with lonely, pytest.raises(CheckpointError, match="did not appear"):
                 lonely.save_async({}, 80).result(timeout=30)
+
+
+def test_own_parts_of_steps_no_longer_kept_are_deleted_and_nobody_elses(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    root = tmp_path / "ckpt"
+    foreign = root / "step-00000000000000000010" / "w9.dtr"  # another worker's part
+    leftover = root / "step-00000000000000000005" / "w0.dtr"  # an earlier process's
+    for path in (foreign, leftover):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"part")
+    with (
+        Worker(cluster.coordinators, worker_id="w0", job=cluster.job) as worker,
+        CheckpointManager(
+            worker, f"file://{root}", keep=2, queue_path=tmp_path / "q.sqlite"
+        ) as manager,
+    ):
+        for step in (10, 20, 30, 40):
+            manager.save_async(model_state(step), step).result(timeout=30)
+            manager.wait(timeout_s=30)
+
+        def own_steps() -> list[int]:
+            return sorted(s for s in (10, 20, 30, 40) if parts_of(root, s, "w0"))
+
+        wait_until(lambda: own_steps() == [30, 40] and not leftover.exists(), 30, "old parts gone")
+        assert foreign.exists(), "another worker's part was deleted"
+        assert manager.load_latest()[1] == 40
