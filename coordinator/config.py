@@ -22,6 +22,8 @@ from dtr.logs import LOG_FORMATS
 from dtr.security import TlsFiles, load_tls, read_token_table
 from dtr.store import parse_endpoints
 
+from .commit_batches import MAX_COMMITS_PER_TXN as MAX_BATCH
+
 ETCD_MIN_TTL_S = 2  # etcd refuses or rounds up anything shorter
 #: One etcd read or write unless configured: a slow etcd (fsync stalls, a busy
 #: member) answers within about a second, with room to spare here; a dead
@@ -86,6 +88,8 @@ class CoordinatorConfig:
     - ``keep_barriers``: how many released barriers stay in etcd for late
       retries; the leader deletes older ones (and failed ones) after every
       quarter of this many releases (coordinator/barrier_retention.py).
+    - ``commit_batch_max``: checkpoint commits per etcd transaction, 1-40
+      (``coordinator/commit_batches.py``); 1 writes each alone, for comparisons.
     - ``rendezvous_idle_ttl_s``: a torchrun rendezvous's keys expire this
       long after its last call, so a reused ``--rdzv-id`` starts a fresh round
       (``coordinator/rendezvous.py``).
@@ -120,6 +124,7 @@ class CoordinatorConfig:
     shutdown_grace_s: float = 2.0
     keep_checkpoints: int = 3
     keep_barriers: int = 256
+    commit_batch_max: int = MAX_BATCH
     rendezvous_idle_ttl_s: int = 60
     metrics_port: int | None = None
     log_format: str = "text"
@@ -174,6 +179,11 @@ class CoordinatorConfig:
         if not 1 <= self.keep_checkpoints <= 1000:
             raise InvalidArgument(
                 f"keep_checkpoints must be in [1, 1000]; got {self.keep_checkpoints}"
+            )
+        batch = self.commit_batch_max
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            raise InvalidArgument(
+                f"commit_batch_max must be an integer in [1, {MAX_BATCH}]; got {batch!r}"
             )
         if isinstance(self.keep_barriers, bool) or not isinstance(self.keep_barriers, int):
             raise InvalidArgument(f"keep_barriers must be an integer; got {self.keep_barriers!r}")

@@ -60,7 +60,6 @@ from .checkpoints import (
     step_reads,
 )
 from .commit_batches import (
-    MAX_COMMITS_PER_TXN,
     MAX_STEPS_PER_READ,
     BatchPlan,
     CommitAnswer,
@@ -521,7 +520,7 @@ class Coordinator:
 
         Commits are group-committed (``commit_batches``): this one joins the
         queue and the commit flusher writes what queued while its previous
-        transaction ran, up to ``MAX_COMMITS_PER_TXN`` per transaction. The
+        transaction ran, up to ``commit_batch_max`` (40) per transaction. The
         write runs on the flusher's task, so it runs to its end even if this
         caller is cancelled: otherwise the step's last commit could find a part
         etcd recorded missing, and the step would never complete.
@@ -537,7 +536,7 @@ class Coordinator:
     async def _flush_commits(self) -> None:
         """Write queued commits, a batch per transaction, until none are left."""
         while self._commits:
-            count = min(len(self._commits), MAX_COMMITS_PER_TXN)
+            count = min(len(self._commits), self.config.commit_batch_max)
             batch = [self._commits.popleft() for _ in range(count)]
             answers: Sequence[CommitAnswer | Exception]
             try:

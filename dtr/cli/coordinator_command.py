@@ -171,6 +171,15 @@ COORDINATOR_OPTIONS = (
         "keep the newest B released barriers for late retries (older and failed ones are deleted)",
     ),
     EnvOption(
+        "--commit-batch-max",
+        "DTR_COMMIT_BATCH_MAX",
+        40,
+        int,
+        "N",
+        "write at most N checkpoint commits per etcd transaction (1: one each, as before "
+        "group commit; for comparisons)",
+    ),
+    EnvOption(
         "--rendezvous-idle-ttl-s",
         "DTR_RENDEZVOUS_IDLE_TTL_S",
         60,
@@ -294,6 +303,7 @@ FIELD_FLAGS = {
     "shutdown_grace_s": "--shutdown-grace-s",
     "keep_checkpoints": "--keep-checkpoints",
     "keep_barriers": "--keep-barriers",
+    "commit_batch_max": "--commit-batch-max",
     "rendezvous_idle_ttl_s": "--rendezvous-idle-ttl-s",
     "metrics_port": "--metrics-port",
     "log_format": "--log-format",
@@ -360,6 +370,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             shutdown_grace_s=args.shutdown_grace_s,
             keep_checkpoints=args.keep_checkpoints,
             keep_barriers=args.keep_barriers,
+            commit_batch_max=args.commit_batch_max,
             rendezvous_idle_ttl_s=args.rendezvous_idle_ttl_s,
             metrics_port=args.metrics_port,
             log_format=args.log_format,

@@ -161,6 +161,9 @@ def test_the_lowest_create_revision_leads_and_fences_with_it() -> None:
         ({"keep_checkpoints": 0}, "keep_checkpoints"),
         ({"keep_barriers": 3}, "keep_barriers"),
         ({"keep_barriers": True}, "keep_barriers"),
+        ({"commit_batch_max": 0}, "commit_batch_max"),
+        ({"commit_batch_max": 41}, "commit_batch_max"),
+        ({"commit_batch_max": True}, "commit_batch_max"),
     ],
 )
 def test_configs_that_cannot_work_are_refused_naming_the_field(
