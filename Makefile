@@ -85,6 +85,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ring.py
 	$(PY) benchmarks/coordinator.py
+	$(PY) benchmarks/commit_burst.py
 	$(PY) benchmarks/worker.py
 	$(PY) benchmarks/checkpoint.py
 	$(PY) benchmarks/rendezvous.py

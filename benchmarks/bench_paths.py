@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +31,14 @@ def run_facts() -> dict[str, object]:
         "python": platform.python_version(),
         "command": command_line(),
     }
+
+
+def git_commit() -> str:
+    """The checkout's commit, ``(dirty)`` when tracked files differ from it."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return f"{head}{' (dirty)' if git('status', '--porcelain', '--untracked-files=no') else ''}"

@@ -27,11 +27,12 @@ import datetime
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from bench_paths import git_commit
 
 from dtr.chaos.report import write_report
 from dtr.chaos.runner import RunResult, run_scenario
@@ -101,7 +102,7 @@ def summarize(results: list[RunResult], *, command: str, minutes: float) -> dict
             settles.append(result.settled_s)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "command": command,
         "minutes": minutes,
         "passed": all(r.passed for r in results),
@@ -169,15 +170,6 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
-
-
-def _commit() -> str:
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return f"{head}{' (dirty)' if git('status', '--porcelain', '--untracked-files=no') else ''}"
 
 
 def _command(argv: list[str] | None) -> str:

@@ -20,7 +20,9 @@ history); a call names its caller and passes an ``on_answer`` hook.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -149,3 +151,31 @@ class SimClient:
         for channel in channels:
             await channel.close()
         self.routing.close()
+
+
+async def register_workers(client: SimClient, worker_ids: Sequence[str]) -> int:
+    """Register every id at once (tests and benchmarks); the generation once all are members.
+
+    Bare registrations, no heartbeats: the caller's cluster needs a heartbeat
+    timeout longer than what it measures.
+    """
+    answers = await asyncio.gather(
+        *(
+            client.call(
+                "RegisterWorker",
+                functools.partial(
+                    pb.RegisterWorkerRequest,
+                    worker_id=worker_id,
+                    capacity=1.0,
+                    host="loopback",
+                    pid=os.getpid(),
+                    client_version="dtr-sim",
+                ),
+                caller=worker_id,
+                operation=f"register {worker_id}",
+                mutating=True,
+            )
+            for worker_id in worker_ids
+        )
+    )
+    return int(max(answer.header.generation for answer in answers))

@@ -12,19 +12,20 @@ worker's commit wait 30 s and more under the soak's 200 simulated workers.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from dtr.chaos.cluster import LocalCluster
-from dtr.chaos.sim_client import SimClient
+from dtr.chaos.proxy import TcpProxy
+from dtr.chaos.sim_client import SimClient, register_workers
 from dtr.etcd import RunningEtcd
 from dtr.proto import coordinator_pb2 as pb
 from dtr.store import EtcdStore
 from dtr.worker.checkpoint_rpc import commit_request
 from dtr.worker.commit_queue import CommitRecord
+from helpers import cluster_dialing_etcd_through_proxies
 
 pytestmark = pytest.mark.integration
 
@@ -34,28 +35,18 @@ STEP = 40
 
 
 @pytest.fixture
-def cluster(etcd: RunningEtcd) -> Iterator[LocalCluster]:
-    with LocalCluster.start(replicas=1, etcd=etcd, job=f"g-{uuid.uuid4().hex[:10]}") as started:
+def slow_etcd_cluster(etcd: RunningEtcd) -> Iterator[tuple[LocalCluster, list[TcpProxy]]]:
+    """One replica reaching etcd through proxies the test slows: commits must queue.
+
+    On a busy machine the 80 calls leave this process over a few hundred
+    milliseconds; with etcd answering in about one, they would barely
+    overlap and the count of transactions would measure the machine's load.
+    A 50 ms etcd makes them overlap whatever the load.
+    """
+    with cluster_dialing_etcd_through_proxies(
+        etcd, replicas=1, job=f"g-{uuid.uuid4().hex[:10]}"
+    ) as started:
         yield started
-
-
-async def register_fleet(client: SimClient, ids: list[str]) -> int:
-    """Register every worker; the generation once all are members."""
-    answers = await asyncio.gather(
-        *(
-            client.call(
-                "RegisterWorker",
-                lambda w=w: pb.RegisterWorkerRequest(
-                    worker_id=w, capacity=1.0, host="test", pid=os.getpid(), client_version="t"
-                ),
-                caller=w,
-                operation=f"register {w}",
-                mutating=True,
-            )
-            for w in ids
-        )
-    )
-    return max(a.header.generation for a in answers)
 
 
 def part(job: str, worker: str, generation: int) -> CommitRecord:
@@ -73,15 +64,18 @@ def part(job: str, worker: str, generation: int) -> CommitRecord:
 
 
 def test_a_fleet_committing_one_step_at_once_shares_a_few_transactions(
-    cluster: LocalCluster, etcd: RunningEtcd
+    slow_etcd_cluster: tuple[LocalCluster, list[TcpProxy]], etcd: RunningEtcd
 ) -> None:
+    cluster, proxies = slow_etcd_cluster
     ids = [f"g{i:03d}" for i in range(FLEET)]
     store = EtcdStore(etcd.endpoints)
 
     async def scenario() -> tuple[list[pb.CommitCheckpointResponse], int, Latest]:
         client = SimClient(cluster.coordinators, job=cluster.job)
         try:
-            generation = await register_fleet(client, ids)
+            generation = await register_workers(client, ids)
+            for proxy in proxies:
+                proxy.delay(0.05)
             before = await asyncio.to_thread(store.revision)
             answers = await asyncio.gather(
                 *(

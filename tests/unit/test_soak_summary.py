@@ -9,6 +9,7 @@ percentiles over every run together.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +23,8 @@ SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 
 
 def _soak() -> ModuleType:
+    if str(SOAK.parent) not in sys.path:  # soak.py imports its sibling bench_paths
+        sys.path.insert(0, str(SOAK.parent))
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
