@@ -1,7 +1,8 @@
 """The ``dtr`` command: the composition root that dispatches to every part (DESIGN §2-3).
 
 One module per command (``etcd_command``, ``coordinator_command``,
-``up_command``, ``status_command``, ``chaos_command``, ``certs_command``, ...),
+``up_command``, ``status_command``, ``chaos_command``, ``certs_command``,
+``run_command``, ...),
 each with an ``add_<name>_command`` that declares its options and a
 ``run_<name>`` that does the work. Heavy modules (gRPC, the etcd launcher
 and client, the coordinator, the chaos launcher, cryptography) are imported
@@ -35,6 +36,7 @@ from .demo_command import add_demo_command
 from .etcd_command import add_etcd_command
 from .options import ENV_NOTE, TRUTHY, Parser, add_debug, apply_environment
 from .queue_command import add_queue_command
+from .run_command import add_run_command, separate
 from .status_command import add_status_command
 from .up_command import add_up_command
 
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(commands)
     add_certs_command(commands)
     add_queue_command(commands)
+    add_run_command(commands)
     return parser
 
 
@@ -75,7 +78,7 @@ def _first_line(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dtr``; returns the exit status (the console script exits with it)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(separate(sys.argv[1:] if argv is None else argv))
     debug = bool(getattr(args, "debug", False))
     debug = debug or os.environ.get("DTR_DEBUG", "").lower() in TRUTHY
     try:
