@@ -24,7 +24,7 @@ from dtr import mutants
 from dtr.errors import InvalidArgument
 
 from .options import ENV_NOTE, Commands, EnvOption, Parser, add_debug, add_options
-from .signals import sigterm_interrupts
+from .signals import stop_signals_interrupt
 
 _RUN_OPTIONS = (
     EnvOption(
@@ -131,7 +131,7 @@ def run_chaos_run(args: argparse.Namespace) -> int:
     print(f"seed: {seed}", flush=True)
     if mutant is not None:
         print(f"mutant: {mutant} (a planted bug: the checks are expected to fail)", flush=True)
-    with sigterm_interrupts():
+    with stop_signals_interrupt():
         result = run_scenario(
             scenario,
             seed=seed,

@@ -36,7 +36,7 @@ from .options import (
     port,
     positive_int,
 )
-from .signals import sigterm_interrupts
+from .signals import stop_signals_interrupt
 from .up_command import replica_ports
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
     work_dir = (args.work_dir or Path(tempfile.mkdtemp(prefix="dtr-demo-"))).absolute()
     try:
         plan = demo_plan(scenario, faults=not args.no_faults)
-        with sigterm_interrupts():
+        with stop_signals_interrupt():
             result = _run(args, scenario, plan, work_dir, ports)
         summary = _finish(result, picture)
     finally:

@@ -36,19 +36,24 @@ def signals_set(
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does.
+def stop_signals_interrupt(signals: Sequence[signal.Signals] = STOP_SIGNALS) -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the block, whatever was inherited.
 
     For commands whose work is one call that unwinds cleanly (an ``ExitStack``
-    stops what it started): ``dtr chaos run``, ``dtr demo``.
+    stops what it started): ``dtr chaos run``, ``dtr demo``. SIGINT is set
+    too, not left to Python's default: a background job of a non-interactive
+    shell starts with SIGINT ignored, and Python then keeps ignoring it, so
+    such a run went on to its end when told to stop (``dtr up`` and ``dtr
+    etcd`` set their own handlers and always stopped).
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         del signum, frame
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
