@@ -98,7 +98,10 @@ class OwnPartCollector:
         try:
             self._pass()
         except Exception:
-            _log.exception("checkpoint clean-up pass failed; the next commit tries again")
+            if self._closed:  # the manager closed its queue under a running pass: expected
+                _log.debug("checkpoint clean-up pass ended by close()", exc_info=True)
+            else:
+                _log.exception("checkpoint clean-up pass failed; the next commit tries again")
 
     def _pass(self) -> None:
         with self._lock:
@@ -109,8 +112,8 @@ class OwnPartCollector:
         self._sweep_once()
         with self._lock:
             doomed = sorted((s, n) for n, s in self._known.items() if s < oldest)
-        if not doomed:
-            return
+            if not doomed or self._closed:
+                return
         referenced = self._referenced()
         for step, name in doomed:
             if self._storage.uri_of(name) in referenced:
