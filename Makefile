@@ -48,8 +48,10 @@ typecheck: $(STAMP)
 	rm -rf build/typecheck && mkdir -p build/typecheck/dtr
 	for f in dtr/*; do ln -s "$$PWD/$$f" build/typecheck/dtr/; done
 	for p in coordinator worker chaos; do ln -s "$$PWD/$$p" build/typecheck/dtr/$$p; done
+	ln -s "$$PWD/examples/ddp" build/typecheck/dtr/examples
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p dtr \
-	  | sed -e 's#^dtr/coordinator/#coordinator/#' -e 's#^dtr/worker/#worker/#' -e 's#^dtr/chaos/#chaos/#'
+	  | sed -e 's#^dtr/coordinator/#coordinator/#' -e 's#^dtr/worker/#worker/#' -e 's#^dtr/chaos/#chaos/#' \
+	    -e 's#^dtr/examples/#examples/ddp/#'
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q

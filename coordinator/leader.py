@@ -79,6 +79,17 @@ from .membership import (
     plan_register_dataset,
 )
 from .metrics import CoordinatorMetrics
+from .rounds import (
+    ROUND_HOLD_S,
+    RoundGate,
+    RoundJoin,
+    Verdict,
+    judge,
+    newest_round,
+    plan_round,
+    round_changes,
+    stale_round,
+)
 from .shard_cache import ShardCache
 from .state import ClusterView, DatasetRecord, MemberRecord, load_view
 from .validation import CheckpointCommit, CheckpointProgressReport
@@ -148,6 +159,7 @@ class Coordinator:
         self.shards = ShardCache()
         self._stale = False
         self.barriers = Barriers(keys)
+        self.rounds = RoundGate()
         self._flusher: asyncio.Task[None] | None = None
         self.checkpoints = CheckpointBook()
         self._commits: collections.deque[PendingCommit] = collections.deque()
@@ -174,6 +186,7 @@ class Coordinator:
         if self._term is not None:
             self._term = None
             self.barriers.reset(self.not_leader())
+            self.rounds.reset()
             for listener in self.term_lost_listeners:
                 listener()
 
@@ -203,6 +216,7 @@ class Coordinator:
             now = self._clock()
             self._liveness = {w: Liveness(now) for w, m in view.members.items() if m.alive}
             self.barriers.reset(CoordinatorUnavailable("leadership changed; retry"))
+            self.rounds.reset()
             _log.info(
                 "term %d: took over; generation %d, %d live workers, job life %s",
                 term.revision,
@@ -361,16 +375,75 @@ class Coordinator:
 
     # -- requests ----------------------------------------------------------------
     async def register_worker(
-        self, worker_id: str, capacity: float, *, host: str, pid: int
+        self,
+        worker_id: str,
+        capacity: float,
+        *,
+        host: str,
+        pid: int,
+        rdzv: tuple[str, int, int] = ("", 0, 0),
     ) -> tuple[MemberRecord, ClusterView]:
         def seen_now(view: ClusterView) -> None:
             self._liveness[worker_id] = Liveness(self._clock())
 
         view = await self._write(
-            lambda v: plan_register(self.keys, v, worker_id, capacity, host=host, pid=pid),
+            lambda v: plan_register(
+                self.keys,
+                v,
+                worker_id,
+                capacity,
+                host=host,
+                pid=pid,
+                rdzv=rdzv,
+            ),
             on_applied=seen_now,
         )
         return view.members[worker_id], view
+
+    async def register_round_member(
+        self, join: RoundJoin
+    ) -> tuple[MemberRecord | None, ClusterView]:
+        """A torchrun rank's registration (``rounds.py``): its record once the whole round
+        is written, None while the round still forms (the rank asks again)."""
+        await self._leading_term()
+        verdict = judge(self._view, join)
+        if verdict is Verdict.REJOIN:
+            rdzv = (join.rdzv_id, join.life, join.round)
+            return await self.register_worker(
+                join.worker_id, join.capacity, host=join.host, pid=join.pid, rdzv=rdzv
+            )
+        if verdict is Verdict.JOIN:
+            whole = self.rounds.add(join)
+            if whole is None:
+                await self.rounds.wait(join, ROUND_HOLD_S)
+            else:
+                await _to_the_end(self._write_round(whole))
+            await self._leading_term()  # a term lost meanwhile answers NOT_LEADER
+        view = self._view
+        verdict = judge(view, join)
+        if verdict is Verdict.STALE:
+            raise stale_round(join, newest_round(view, join.rdzv_id))
+        return (view.members[join.worker_id] if verdict is Verdict.MEMBER else None), view
+
+    async def _write_round(self, joins: list[RoundJoin]) -> None:
+        """Write a whole round: one transaction (one generation) per batch of changes."""
+        written = False
+
+        def seen_now(view: ClusterView) -> None:
+            for join in joins:  # a full timeout of grace from now, as any registration gets
+                if join.worker_id in view.members:
+                    self._liveness[join.worker_id] = Liveness(self._clock())
+
+        try:
+            for chunk in batches(round_changes(self._view, joins)):
+                only = frozenset(chunk)
+                await self._write(
+                    lambda v, only=only: plan_round(self.keys, v, joins, only),  # type: ignore[misc]
+                    on_applied=seen_now,
+                )
+            written = True
+        finally:
+            self.rounds.written(joins[0], written)
 
     async def heartbeat(
         self,

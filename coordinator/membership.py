@@ -22,7 +22,7 @@ its own transaction within etcd's limits (``dtr.store_types.PLAN_MAX_OPS``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dtr import mutants
 from dtr.errors import AlreadyExists
@@ -61,7 +61,7 @@ def _bump_generation(keys: JobKeys, view: ClusterView) -> tuple[Compare, Put]:
     return guard, Put(keys.generation, str(current + 1).encode())
 
 
-def _plan_members(
+def plan_member_changes(
     keys: JobKeys, view: ClusterView, changes: Mapping[str, MemberRecord | None]
 ) -> WritePlan:
     """Write (or delete, for None) member records and bump the generation once."""
@@ -116,9 +116,20 @@ def batches(worker_ids: Iterable[str], size: int = MAX_MEMBER_CHANGES_PER_TXN) -
 
 
 def plan_register(
-    keys: JobKeys, view: ClusterView, worker_id: str, capacity: float, *, host: str, pid: int
+    keys: JobKeys,
+    view: ClusterView,
+    worker_id: str,
+    capacity: float,
+    *,
+    host: str,
+    pid: int,
+    rdzv: tuple[str, int, int] = ("", 0, 0),
 ) -> WritePlan:
-    """A worker (re)joins: a new incarnation; the generation moves only if membership did."""
+    """A worker (re)joins: a new incarnation; the generation moves only if membership did.
+
+    ``rdzv`` (id, life, round): a torchrun rank of a completed round registering
+    again on its own (declared dead after a partition) stays in its round.
+    """
     previous = view.members.get(worker_id)
     record = MemberRecord(
         worker_id=worker_id,
@@ -127,8 +138,11 @@ def plan_register(
         incarnation=(previous.incarnation + 1) if previous else 1,
         host=host,
         pid=pid,
+        rdzv_id=rdzv[0],
+        rdzv_life=rdzv[1],
+        rdzv_round=rdzv[2],
     )
-    return _plan_members(keys, view, {worker_id: record})
+    return plan_member_changes(keys, view, {worker_id: record})
 
 
 def plan_mark_dead(keys: JobKeys, view: ClusterView, worker_ids: Iterable[str]) -> WritePlan | None:
@@ -141,15 +155,8 @@ def plan_mark_dead(keys: JobKeys, view: ClusterView, worker_ids: Iterable[str]) 
     for worker_id in worker_ids:
         record = view.members.get(worker_id)
         if record is not None and record.alive:
-            changes[worker_id] = MemberRecord(
-                record.worker_id,
-                record.capacity,
-                False,
-                record.incarnation,
-                record.host,
-                record.pid,
-            )
-    return _plan_members(keys, view, changes) if changes else None
+            changes[worker_id] = replace(record, alive=False)
+    return plan_member_changes(keys, view, changes) if changes else None
 
 
 def plan_deregister(
@@ -159,7 +166,7 @@ def plan_deregister(
     record = view.members.get(worker_id)
     if record is None or (incarnation and record.incarnation != incarnation):
         return None
-    return _plan_members(keys, view, {worker_id: None})
+    return plan_member_changes(keys, view, {worker_id: None})
 
 
 def expired_workers(

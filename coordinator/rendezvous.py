@@ -62,12 +62,14 @@ class StateRead:
     present: bool
     state: bytes = b""
     token: int = 0
+    #: The key's create_revision (0 when unknown): which life of the rendezvous.
+    created: int = 0
 
     @classmethod
     def of(cls, kvs: tuple[KeyValue, ...]) -> StateRead:
         if not kvs:
             return cls(False)
-        return cls(True, kvs[0].value, kvs[0].mod_revision)
+        return cls(True, kvs[0].value, kvs[0].mod_revision, kvs[0].create_revision)
 
 
 @dataclass(frozen=True)

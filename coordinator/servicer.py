@@ -28,7 +28,8 @@ from . import rendezvous_requests, validation
 from .checkpoints import PartRecord
 from .leader import Coordinator
 from .rendezvous import Rendezvous, StateRead
-from .state import ClusterView, DatasetRecord
+from .rounds import RoundJoin
+from .state import ClusterView, DatasetRecord, MemberRecord
 from .status_codes import status_for
 from .validation import CheckpointProgressReport
 from .wire import refuse_malformed
@@ -126,13 +127,21 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> pb.RegisterWorkerResponse:
         wanted = validation.register_worker(request)
         worker_id = wanted.worker_id or f"w-{uuid.uuid4().hex[:12]}"
-        record, view = await self.core.register_worker(
-            worker_id, wanted.capacity, host=wanted.host, pid=wanted.pid
-        )
+        record: MemberRecord | None
+        if wanted.rendezvous_round is None:
+            record, view = await self.core.register_worker(
+                worker_id, wanted.capacity, host=wanted.host, pid=wanted.pid
+            )
+        else:
+            join = RoundJoin(
+                *wanted.rendezvous_round, worker_id, wanted.capacity, wanted.host, wanted.pid
+            )
+            record, view = await self.core.register_round_member(join)
         return pb.RegisterWorkerResponse(
             header=self.header(view),
             worker_id=worker_id,
-            incarnation=record.incarnation,
+            incarnation=record.incarnation if record is not None else 0,
+            round_pending=record is None,
             heartbeat_interval_s=self.core.config.heartbeat_interval_s,
             heartbeat_timeout_s=self.core.config.heartbeat_timeout_s,
             job_life=view.job_life,
@@ -361,7 +370,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> pb.GetRendezvousStateResponse:
         read = await self.rendezvous.get_state(rendezvous_requests.get_state(request))
         return pb.GetRendezvousStateResponse(
-            header=self.header(), present=read.present, state=read.state, token=read.token
+            header=self.header(),
+            present=read.present,
+            state=read.state,
+            token=read.token,
+            created=read.created,
         )
 
     @_handler

@@ -29,9 +29,19 @@ class MemberRecord:
     incarnation: int
     host: str = ""
     pid: int = 0
+    #: A torchrun rank's rendezvous id, round and rendezvous life (``rounds.py``).
+    rdzv_id: str = ""
+    rdzv_round: int = 0
+    rdzv_life: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        """JSON; the round fields only when set, so records of plain workers (and
+        records written before rounds existed) encode to the bytes etcd holds,
+        which every plan's compare depends on."""
+        data = asdict(self)
+        if not self.rdzv_id:
+            del data["rdzv_id"], data["rdzv_round"], data["rdzv_life"]
+        return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, value: bytes) -> MemberRecord:
@@ -43,6 +53,9 @@ class MemberRecord:
             incarnation=int(data["incarnation"]),
             host=str(data.get("host", "")),
             pid=int(data.get("pid", 0)),
+            rdzv_id=str(data.get("rdzv_id", "")),
+            rdzv_round=int(data.get("rdzv_round", 0)),
+            rdzv_life=int(data.get("rdzv_life", 0)),
         )
 
 

@@ -51,6 +51,8 @@ HEX_DIGEST_CHARS = {"sha256": 64, "crc32c": 8, "blake2b": 128}
 # bounded so one worker cannot bloat every snapshot of the cluster.
 MAX_HOST_CHARS = 255
 MAX_CLIENT_VERSION_CHARS = 64
+#: Ranks in one torchrun round (WORLD_SIZE): far above any job, small enough to hold.
+MAX_ROUND_WORLD_SIZE = 1_000_000
 MAX_LABELS = 32
 MAX_LABEL_KEY_CHARS = 63
 MAX_LABEL_VALUE_CHARS = 256
@@ -84,6 +86,8 @@ class WorkerRegistration:
     pid: int
     labels: tuple[tuple[str, str], ...]  # sorted by key, so equal requests compare equal
     client_version: str
+    #: (rdzv_id, life, round, world_size, rank) of a torchrun rank (coordinator/rounds.py).
+    rendezvous_round: tuple[str, int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,18 @@ def register_worker(req: pb.RegisterWorkerRequest) -> WorkerRegistration:
         client_version=_bounded_text(
             "client_version", req.client_version, MAX_CLIENT_VERSION_CHARS
         ),
+        rendezvous_round=_rendezvous_round(req) if req.HasField("rendezvous_round") else None,
     )
+
+
+def _rendezvous_round(req: pb.RegisterWorkerRequest) -> tuple[str, int, int, int, int]:
+    if not req.worker_id:
+        raise InvalidArgument("worker_id: a rank of a rendezvous round must name itself")
+    msg = req.rendezvous_round
+    rdzv_id = _name("rendezvous_round.rdzv_id", msg.rdzv_id)
+    world = _int_in("rendezvous_round.world_size", msg.world_size, 1, MAX_ROUND_WORLD_SIZE)
+    rank = _int_in("rendezvous_round.rank", msg.rank, 0, world - 1)
+    return rdzv_id, msg.life, msg.round, world, rank
 
 
 def heartbeat(

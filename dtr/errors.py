@@ -99,6 +99,24 @@ class WorkerSuperseded(DtrError):
     """
 
 
+class StaleRound(WorkerSuperseded):
+    """A torchrun rank registered for a rendezvous round that a newer round replaced.
+
+    torchrun stops every rank of a round before it starts the next one, so
+    this process is a leftover of the old round: it must exit, not train.
+    """
+
+    kind = "stale-round"
+
+
+class RoundIncomplete(DtrError):
+    """Not every rank of this torchrun round registered in time (``Worker()`` waited).
+
+    Every rank must build a ``Worker`` (or the job sets ``DTR_JOIN_ROUND=0``);
+    otherwise a rank died before registering, and torchrun restarts the group.
+    """
+
+
 class MembershipChanged(DtrError):
     """The membership generation changed under an operation that depends on it."""
 

@@ -5,6 +5,8 @@ Tests wait for a condition with a deadline, never for a fixed time.
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,6 +60,17 @@ class StatusError(grpc.RpcError):
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
+
+
+def stop_gracefully(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
+    """SIGTERM a process this test started (torchrun stops its ranks), SIGKILL it if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ before any network traffic.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -45,12 +46,17 @@ from dtr.retry import RetryPolicy
 from dtr.security import TlsFiles, read_token_file
 
 from .client import CoordinatorClient, parse_coordinators, resolve_security
+from .rendezvous_round import LIFE_ENV, ROUND_ENV
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.rendezvous.api import RendezvousHandler, RendezvousParameters
 
     from .rendezvous_backend import DtrRendezvousBackend
     from .rendezvous_store import DtrStore
+
+_log = logging.getLogger(__name__)
+#: torch's switch for sharing the agent's TCPStore with the ranks (see create_rdzv_handler).
+_NO_SHARED_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 __all__ = [
     "DtrRendezvousBackend",
@@ -172,6 +178,12 @@ def create_rdzv_handler(params: RendezvousParameters) -> RendezvousHandler:
     from .rendezvous_store import DtrStore
 
     config = RendezvousConfig.from_parameters(params)
+    # torch 2.13 lets the ranks of every round share one TCPStore hosted by the
+    # rank-0 agent, with no per-attempt prefix: the ranks of a restarted group
+    # read their predecessors' gloo addresses and fail "Connection refused".
+    # Without sharing, each round's rank 0 hosts a fresh store. A user who
+    # sets the variable keeps their choice.
+    os.environ.setdefault(_NO_SHARED_STORE, "1")
     token = None
     if config.token_file is not None:
         token = read_token_file(config.token_file, "--rdzv-conf token_file")
@@ -188,7 +200,38 @@ def create_rdzv_handler(params: RendezvousParameters) -> RendezvousHandler:
     handler = dynamic_rendezvous.create_handler(store, backend, params)
     # torch's handler has no close(); the channels go when the handler does.
     weakref.finalize(handler, client.close)
+    tell_ranks_the_round(handler, backend.life)
     return handler
+
+
+def tell_ranks_the_round(handler: Any, life: Callable[[], int]) -> None:
+    """After every completed round, put its number where the ranks will inherit it.
+
+    torchrun starts the ranks after ``next_rendezvous`` returns, from the
+    agent's environment, so ``DTR_RDZV_ROUND`` set here reaches every rank of
+    the round (``rendezvous_round.py``: their ``Worker`` joins the round as
+    one), with the rendezvous's life (``DTR_RDZV_LIFE``: one more call per
+    round). torch does not hand the round to the agent, so it is read from
+    the handler's state holder (torch 2.13's ``_state_holder.state.round``);
+    if a torch version lacks it, the variables are removed and the ranks
+    register one by one, as under any other backend.
+    """
+    inner = handler.next_rendezvous
+
+    def next_rendezvous() -> Any:
+        info = inner()
+        state = getattr(getattr(handler, "_state_holder", None), "state", None)
+        round_ = getattr(state, "round", None)
+        if isinstance(round_, int) and not isinstance(round_, bool):
+            os.environ[ROUND_ENV] = str(round_)
+            os.environ[LIFE_ENV] = str(life())
+        else:
+            os.environ.pop(ROUND_ENV, None)
+            os.environ.pop(LIFE_ENV, None)
+            _log.warning("torch's rendezvous state has no round; ranks register one by one")
+        return info
+
+    handler.next_rendezvous = next_rendezvous
 
 
 def handler_creator() -> Callable[[RendezvousParameters], RendezvousHandler]:

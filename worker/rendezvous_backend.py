@@ -69,6 +69,19 @@ class DtrRendezvousBackend(RendezvousBackend):
         )
         return (response.state, int(response.token)) if response.present else None
 
+    def life(self) -> int:
+        """The rendezvous's life: its state key's etcd create_revision (0: no state).
+
+        A run that reuses the id after the keys expired gets a larger one, so a
+        rank's round is told apart from the same number in an earlier run.
+        """
+        response: pb.GetRendezvousStateResponse = self._call(
+            "GetRendezvousState",
+            lambda: pb.GetRendezvousStateRequest(rendezvous_id=self.rendezvous_id),
+            mutating=False,
+        )
+        return int(response.created)
+
     def set_state(
         self, state: bytes, token: Token | None = None
     ) -> tuple[bytes, Token, bool] | None:

@@ -29,6 +29,7 @@ from dtr.errors import (
     NotLeader,
     PermissionDenied,
     StaleIncarnation,
+    StaleRound,
     Unauthenticated,
     UnknownWorker,
     WrongJob,
@@ -47,6 +48,7 @@ ERROR_FOR_KIND: Mapping[str, type[DtrError]] = {
         Unauthenticated,
         PermissionDenied,
         StaleIncarnation,
+        StaleRound,
         WrongJobLife,
     )
     if cls.kind

@@ -55,6 +55,12 @@ from .commit_flusher import CommitAck
 from .commit_queue import CommitRecord
 from .heartbeats import HeartbeatLoop
 from .metrics import WorkerMetrics, metrics_port_from
+from .rendezvous_round import (
+    ATTEMPT_TIMEOUT_S,
+    join_timeout_s,
+    register_in_round,
+    round_from_env,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -162,6 +168,9 @@ class Worker:
         self.heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
         self.stale_read_deadline_s = _positive("stale_read_deadline_s", stale_read_deadline_s)
         self.labels = dict(labels or {})
+        #: The torchrun round this rank joins as one (rendezvous_round.py), or None.
+        self.round_seat = round_from_env()
+        self._round_timeout_s = join_timeout_s()
         port = metrics_port_from(metrics_port)
         self.metrics = WorkerMetrics()
         self._client = CoordinatorClient(
@@ -254,19 +263,32 @@ class Worker:
         return self._client.leader_address
 
     def _register(self) -> None:
-        response = self._client.call(
-            "RegisterWorker",
-            lambda: pb.RegisterWorkerRequest(
+        seat = self.round_seat
+
+        def request() -> pb.RegisterWorkerRequest:
+            return pb.RegisterWorkerRequest(
                 worker_id=self.worker_id,
                 capacity=self.capacity,
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 labels=self.labels,
                 client_version=_CLIENT_VERSION,
-            ),
-            operation="register worker",
-            mutating=True,
-        )
+                rendezvous_round=seat.message() if seat is not None else None,
+            )
+
+        def register() -> pb.RegisterWorkerResponse:
+            return self._client.call(  # type: ignore[no-any-return]
+                "RegisterWorker",
+                request,
+                operation="register worker",
+                mutating=True,
+                attempt_timeout_s=ATTEMPT_TIMEOUT_S if seat is not None else None,
+            )
+
+        if seat is None:
+            response = register()
+        else:
+            response = register_in_round(register, seat, self.worker_id, self._round_timeout_s)
         self._incarnation = response.incarnation
         self._job_life = response.job_life
         self.heartbeat_timeout_s = response.heartbeat_timeout_s

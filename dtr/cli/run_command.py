@@ -150,6 +150,7 @@ def torchrun_command(
         command.append(f"--rdzv-id={args.job}")
     env = dict(environ)
     env["DTR_JOB"] = args.job
+    env["DTR_COORDINATORS"] = coordinators  # the ranks' Worker() reads it, --coordinators or not
     for option in _CLIENT_SETTINGS:
         value = getattr(args, option.dest)
         if value is not None:

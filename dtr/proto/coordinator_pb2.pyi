@@ -167,7 +167,7 @@ class WorkerBeat(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., step: _Optional[int] = ..., samples_per_s: _Optional[float] = ..., checkpoint: _Optional[_Union[CheckpointProgress, _Mapping]] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("header", "worker_id", "capacity", "host", "pid", "labels", "client_version")
+    __slots__ = ("header", "worker_id", "capacity", "host", "pid", "labels", "client_version", "rendezvous_round")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class RegisterWorkerRequest(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ROUND_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     worker_id: str
     capacity: float
@@ -189,23 +190,40 @@ class RegisterWorkerRequest(_message.Message):
     pid: int
     labels: _containers.ScalarMap[str, str]
     client_version: str
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., capacity: _Optional[float] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_version: _Optional[str] = ...) -> None: ...
+    rendezvous_round: RendezvousRound
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., capacity: _Optional[float] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_version: _Optional[str] = ..., rendezvous_round: _Optional[_Union[RendezvousRound, _Mapping]] = ...) -> None: ...
+
+class RendezvousRound(_message.Message):
+    __slots__ = ("rdzv_id", "round", "world_size", "rank", "life")
+    RDZV_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LIFE_FIELD_NUMBER: _ClassVar[int]
+    rdzv_id: str
+    round: int
+    world_size: int
+    rank: int
+    life: int
+    def __init__(self, rdzv_id: _Optional[str] = ..., round: _Optional[int] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., life: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("header", "worker_id", "incarnation", "heartbeat_interval_s", "heartbeat_timeout_s", "job_life")
+    __slots__ = ("header", "worker_id", "incarnation", "heartbeat_interval_s", "heartbeat_timeout_s", "job_life", "round_pending")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     JOB_LIFE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_PENDING_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     worker_id: str
     incarnation: int
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     job_life: str
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., job_life: _Optional[str] = ...) -> None: ...
+    round_pending: bool
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., job_life: _Optional[str] = ..., round_pending: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("header", "beat")
@@ -519,16 +537,18 @@ class GetRendezvousStateRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., rendezvous_id: _Optional[str] = ...) -> None: ...
 
 class GetRendezvousStateResponse(_message.Message):
-    __slots__ = ("header", "present", "state", "token")
+    __slots__ = ("header", "present", "state", "token", "created")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     present: bool
     state: bytes
     token: int
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., present: _Optional[bool] = ..., state: _Optional[bytes] = ..., token: _Optional[int] = ...) -> None: ...
+    created: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., present: _Optional[bool] = ..., state: _Optional[bytes] = ..., token: _Optional[int] = ..., created: _Optional[int] = ...) -> None: ...
 
 class SetRendezvousStateRequest(_message.Message):
     __slots__ = ("header", "rendezvous_id", "state", "token")

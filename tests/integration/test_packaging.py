@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("dtr", "coordinator", "worker", "chaos", "pyproject.toml", "README.md")
+SOURCES = ("dtr", "coordinator", "worker", "chaos", "examples", "pyproject.toml", "README.md")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from dtr.chaos.cluster import LocalCluster
 from dtr.etcd import RunningEtcd
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
-from helpers import is_process_alive, wait_until
+from helpers import is_process_alive, stop_gracefully, wait_until
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.integration
@@ -94,13 +94,7 @@ class Agent:
 
     def stop(self) -> None:
         """SIGTERM the agent (it stops its workers), SIGKILL it if it hangs, then its workers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_gracefully(self.process)
         for facts in self.workers():
             if is_process_alive(facts["pid"]):
                 os.kill(facts["pid"], signal.SIGKILL)

@@ -61,7 +61,12 @@ def test_torchrun_gets_dtrs_backend_endpoint_run_id_and_settings_before_the_user
         "--lr",
         "3",
     ]
-    assert env == {"PATH": "/bin", "DTR_JOB": "llama", "DTR_TLS_CA": "/ca.pem"}
+    assert env == {
+        "PATH": "/bin",
+        "DTR_JOB": "llama",
+        "DTR_TLS_CA": "/ca.pem",
+        "DTR_COORDINATORS": COORDINATORS,  # the ranks' Worker() finds them however given
+    }
 
 
 def test_a_run_id_given_is_kept_and_the_same_backend_or_endpoint_again_is_accepted() -> None:
