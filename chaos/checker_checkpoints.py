@@ -2,7 +2,10 @@
 
 - ``check_checkpoints`` (4): every part of every complete step verifies and
   was committed by its worker; the latest complete step never moves
-  backwards, as any one process sees it and up to the final pointer.
+  backwards, as any one process sees it and up to the final pointer. For a
+  workload whose processes record no commits (the DDP job's script),
+  ``reported=False`` judges the parts' bytes only (etcd's record is held to
+  who committed them by ``record-checkpoints``).
 - ``check_commits`` (5): every save that reached a worker's queue left it
   with an outcome; nothing is pending after settle; no commit record (step
   and generation) accepted twice.
@@ -34,15 +37,19 @@ COMMIT_OUTCOMES = frozenset({"accepted", "duplicate", "superseded", "rejected"})
 NO_STEP = -1
 
 
-def check_checkpoints(events: Sequence[Event], final: FinalState | None) -> CheckResult:
+def check_checkpoints(
+    events: Sequence[Event], final: FinalState | None, *, reported: bool = True
+) -> CheckResult:
     """Invariant 4. ``checked``: verified parts plus latest-step observations.
 
     ``final`` None: a job life that ended before the run did (its etcd was
     wiped), so there are no end-of-run facts to hold its parts to.
+    ``reported`` False: the workers record no commits, so a complete step's
+    part is not looked for among them (its bytes are still verified).
     """
     found = Findings("checkpoints")
     if final is not None:
-        _check_parts(operations(events, {"commit"}), final, found)
+        _check_parts(operations(events, {"commit"}), final, found, reported=reported)
     observations = [op for op in operations(events, {"commit", "status"}) if op.is_ok()]
     grouped = per_process(observations, observed_latest)
     for process, observed in sorted(grouped.items()):
@@ -78,7 +85,9 @@ def _check_final_pointer(
         )
 
 
-def _check_parts(commits: list[Op], final: FinalState, found: Findings) -> None:
+def _check_parts(
+    commits: list[Op], final: FinalState, found: Findings, *, reported: bool = True
+) -> None:
     """Each worker of a complete step committed it, and its part verified at the end."""
     by_part: dict[tuple[int, str], list[Event]] = defaultdict(list)
     for op in commits:
@@ -89,7 +98,7 @@ def _check_parts(commits: list[Op], final: FinalState, found: Findings) -> None:
     for step, workers in sorted(final.complete_steps.items()):
         for worker in sorted(workers):
             verified = final.verified_parts.get((step, worker))
-            if (step, worker) not in by_part:
+            if reported and (step, worker) not in by_part:
                 found.flag(f"step {step} is complete but {worker} never committed it")
             if verified is None:
                 found.unchecked += 1

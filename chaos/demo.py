@@ -1,4 +1,6 @@
-"""``dtr demo``: dtr doing its whole job on one machine, as one chaos run with two faults.
+"""``dtr demo --workload independent``: independent workers through two faults.
+
+(The default demo is one DDP job: ``demo_ddp.py``.)
 
 The demo is a chaos run (``runner.py``) with a fixed plan instead of a seeded
 schedule: etcd, 3 replicas, ``workers`` real training processes (the MLP of
@@ -37,20 +39,24 @@ WORKER_KILL_AT = 0.6
 FAULT_DURATION_S = 2.0
 
 
-def demo_scenario(workers: int, steps: int, storage: str = "file") -> Scenario:
+def demo_scenario(
+    workers: int, steps: int, storage: str = "file", *, step_time_s: float = STEP_TIME_S
+) -> Scenario:
     """The demo's cluster and workload: 3 replicas, one etcd, ``workers`` x ``steps``."""
     for name, value, low in (("workers", workers, 1), ("steps", steps, 40)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InvalidArgument(f"--{name} must be a whole number >= {low}; got {value!r}")
+    if not 0.001 <= step_time_s <= 10:
+        raise InvalidArgument(f"--step-time must be within 0.001-10 s; got {step_time_s:g}")
     return Scenario(
         "demo",
         "dtr's whole job: training through a leader crash and a worker crash",
         faults=((FaultKind.LEADER_KILL, 1.0), (FaultKind.WORKER_KILL, 1.0)),
-        duration_s=max(steps * STEP_TIME_S, FAULT_DURATION_S * 2),
+        duration_s=max(steps * step_time_s, FAULT_DURATION_S * 2),
         settle_s=90.0,
         workers=workers,
         steps=steps,
-        step_time_s=STEP_TIME_S,
+        step_time_s=step_time_s,
         storage=storage,
     )
 

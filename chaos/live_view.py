@@ -141,12 +141,16 @@ class LiveView:
         with self._lock:
             self._refresh()
             self._erase()
-            self.out.write("\n".join(render(self.snapshot, self.steps, self._elapsed())) + "\n")
+            self.out.write("\n".join(self._render()) + "\n")
             self.out.flush()
             self._drawn = 0
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._started
+
+    def _render(self) -> list[str]:
+        """The block as it stands (``live_view_ddp.py`` draws the DDP job's instead)."""
+        return render(self.snapshot, self.steps, self._elapsed())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -157,7 +161,7 @@ class LiveView:
                     self._draw()
                 elif time.monotonic() - self._last_plain >= self.plain_every_s:
                     self._last_plain = time.monotonic()
-                    self.out.write(" | ".join(render(self.snapshot, self.steps, self._elapsed())))
+                    self.out.write(" | ".join(self._render()))
                     self.out.write("\n")
                     self.out.flush()
 
@@ -175,7 +179,7 @@ class LiveView:
         if not self.interactive:
             self.out.flush()
             return
-        block = render(self.snapshot, self.steps, self._elapsed())
+        block = self._render()
         self.out.write("\n".join(block) + "\n")
         self.out.flush()
         self._drawn = len(block)

@@ -6,7 +6,9 @@ way a client feels it: from the nemesis's ``ok`` (a leader killed, paused or
 cut off from etcd, the fault in place) to the first ``write`` a coordinator
 acknowledged at a higher term than any acknowledged before the fault — the
 new leader is not "up" until it accepts a write — or, when the old leader
-kept its lease through a short cut, the first write after the heal.
+kept its lease through a short cut, the first write after the heal. A
+workload that records no writes (the DDP job's ranks) is measured by the
+harness's probes instead: the first replica claiming the lead at a newer term.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def failover_times(events: Sequence[Event]) -> Failovers:
     writes = sorted(
         (e.time, e.term) for e in events if e.f == "write" and e.type == "ok" and e.term is not None
     )
+    if not writes:  # a workload that records no writes (the DDP job): a replica's claim to lead
+        writes = leader_claims(events)
     heals = {e.op_id: e.time for e in events if e.process == NEMESIS and e.type == "info"}
     times: list[float] = []
     unmeasured = 0
@@ -93,6 +97,22 @@ def failover_times(events: Sequence[Event]) -> Failovers:
         else:
             times.append(after - fault.time)
     return Failovers(tuple(times), unmeasured)
+
+
+def leader_claims(events: Sequence[Event]) -> list[tuple[float, int]]:
+    """(time, term) of every probe that found a replica claiming to lead, in time order.
+
+    The harness's ``claim`` probes: a new leader claims its term once it is
+    elected, a little before its first write is acknowledged.
+    """
+    return sorted(
+        (e.time, int(e.value["term"]))
+        for e in events
+        if e.f == "claim"
+        and e.type == "ok"
+        and e.value.get("is_leader")
+        and isinstance(e.value.get("term"), int)
+    )
 
 
 def settle_time(events: Sequence[Event]) -> float | None:

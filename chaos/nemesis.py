@@ -36,7 +36,8 @@ running worker) — a fault not injected is not a fault survived.
   round trips of 0.1-0.8 s, keep-alives included), heal = heal: a slow etcd
   must cost no leadership (DESIGN §4);
 - ``worker-pause``, ``client-cancel``, ``rack-failure``: ``nemesis_workers.py``;
-  ``job-restart``: ``nemesis_job.py``.
+  ``job-restart``: ``nemesis_job.py``; ``rank-kill``, ``agent-leave`` (the
+  DDP job's ranks and torchrun agents): ``nemesis_ddp.py``.
 
 What is not here: when faults happen (``scenario.schedule``) and the run
 around them (``runner.py``). Faults are injected one at a time.
@@ -54,6 +55,7 @@ from dtr.errors import DtrError
 from .cluster import ClusterError, CoordinatorProcess, LocalCluster
 from .disk import drain, fill
 from .history import Event, EventType, History
+from .nemesis_ddp import kill_rank, leave_agent
 from .nemesis_job import restart_job
 from .nemesis_types import Injected, NoTarget, Targets
 from .nemesis_workers import cancel_calls, fail_rack, pause_worker
@@ -119,6 +121,8 @@ _F_OF = {
     FaultKind.CLIENT_CANCEL: "cancel",
     FaultKind.JOB_RESTART: "restart",
     FaultKind.WORKER_PAUSE: "pause",
+    FaultKind.RANK_KILL: "kill",
+    FaultKind.AGENT_LEAVE: "kill",
 }
 
 
@@ -361,4 +365,6 @@ _INJECTORS: dict[FaultKind, Callable[[Targets, random.Random], Injected]] = {
     FaultKind.CLIENT_CANCEL: cancel_calls,
     FaultKind.JOB_RESTART: restart_job,
     FaultKind.WORKER_PAUSE: pause_worker,
+    FaultKind.RANK_KILL: kill_rank,
+    FaultKind.AGENT_LEAVE: leave_agent,
 }

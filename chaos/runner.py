@@ -149,7 +149,7 @@ def run_scenario(
         f"work dir {work_dir}"
     )
     started = time.monotonic()
-    run = _Run(
+    run = _run_class(scenario)(
         scenario,
         seed,
         work_dir,
@@ -172,7 +172,9 @@ def run_scenario(
         faults=tuple(run.nemesis.records),
         operations=operation_counts(events),
         checks=(
-            *check_all(events, final, settle_s=scenario.settle_s),
+            *check_all(
+                events, final, settle_s=scenario.settle_s, reported_commits=not scenario.ddp_agents
+            ),
             *run.record_checks,
             *run.report_checks(events),
             check_workers(run.outcomes),
@@ -185,6 +187,15 @@ def run_scenario(
     )
     (work_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return result
+
+
+def _run_class(scenario: Scenario) -> type[_Run]:
+    """The independent workers' run, or the DDP job's (``runner_ddp.py``)."""
+    if scenario.ddp_agents:
+        from .runner_ddp import DdpRun  # it builds on this module
+
+        return DdpRun
+    return _Run
 
 
 def _fresh_work_dir(work_dir: Path) -> Path:

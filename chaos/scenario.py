@@ -88,6 +88,8 @@ class FaultKind(enum.StrEnum):
     CLIENT_CANCEL = "client-cancel"
     JOB_RESTART = "job-restart"
     WORKER_PAUSE = "worker-pause"
+    RANK_KILL = "rank-kill"
+    AGENT_LEAVE = "agent-leave"
 
 
 #: Faults that need another replica to take over.
@@ -134,7 +136,10 @@ class Scenario:
     ``etcd_slow_s`` the one-way range ``etcd-slow`` and ``client-cancel`` draw
     from, ``slow_storage_s`` what ``slow-storage`` adds per chunk,
     ``client_deadline_s`` the range of ``client-cancel``'s per-attempt
-    deadlines. Invalid values are refused at construction.
+    deadlines. ``ddp_agents`` > 0 makes the workload a real data-parallel
+    job instead of the independent workers: that many torchrun agents of
+    ``ranks_per_agent`` ranks each (``scenario_ddp.py``, ``ddp_agents.py``).
+    Invalid values are refused at construction.
     """
 
     name: str
@@ -159,6 +164,8 @@ class Scenario:
     etcd_slow_s: tuple[float, float] = ETCD_SLOW_DELAY_S
     slow_storage_s: float = SLOW_STORAGE_DELAY_S
     client_deadline_s: tuple[float, float] = CLIENT_DEADLINE_S
+    ddp_agents: int = 0
+    ranks_per_agent: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -183,7 +190,6 @@ class Scenario:
         for field in (
             "replicas",
             "etcd_members",
-            "workers",
             "steps",
             "lease_ttl_s",
             "sim_processes",
@@ -272,6 +278,9 @@ class Scenario:
             )
 
     def _check_faults_fit(self) -> None:
+        from .scenario_ddp import check_workload  # it needs this module complete
+
+        check_workload(self)
         kinds = self.kinds
         if FaultKind.RACK_FAILURE in kinds:
             self._check_rack()

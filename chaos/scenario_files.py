@@ -15,7 +15,8 @@ A file describes one ``Scenario``, grouped the way one thinks about a run::
     faults: {zombie-leader: 1}   # kind: weight
 
 (``cluster`` also takes ``rack_size``, the simulated workers a ``rack-failure``
-kills at least.)
+kills at least; ``workload`` takes ``ddp_agents`` and ``ranks_per_agent``: the
+workload is then one torchrun DDP job instead of the workers, ``scenario_ddp.py``.)
 
 Everything not required has the ``Scenario`` default. A file that cannot run
 is refused with its path, the line and the key: an unknown key, a key given
@@ -52,7 +53,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "heartbeat_timeout_s",
         "rack_size",
     ),
-    "workload": ("steps", "step_time_s"),
+    "workload": ("steps", "step_time_s", "ddp_agents", "ranks_per_agent"),
     "pace": ("mean_interval_s", "fault_duration_s"),
     "delays": ("etcd_slow_s", "slow_storage_s", "client_deadline_s"),
 }

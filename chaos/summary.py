@@ -28,11 +28,16 @@ def format_scenarios(scenarios: Iterable[Scenario]) -> str:
             f"    faults: {s.describe_faults()}; every ~{s.mean_interval_s:g} s, "
             f"~{s.fault_duration_s:g} s each\n"
             f"    {s.duration_s:g} s of faults, {s.settle_s:g} s to settle; "
-            f"{s.replicas} replicas, etcd of {s.etcd_members}, {s.workers} workers"
-            f"{f' + {s.sim_workers} simulated' if s.sim_workers else ''} x {s.steps} steps; "
+            f"{s.replicas} replicas, etcd of {s.etcd_members}, {_workload(s)} x {s.steps} steps; "
             f"checkpoints to {s.storage}; default seed {s.seed}"
         )
     return "\n".join(blocks)
+
+
+def _workload(s: Scenario) -> str:
+    if s.ddp_agents:
+        return f"a DDP job of {s.ddp_agents} torchrun agents x {s.ranks_per_agent} ranks"
+    return f"{s.workers} workers{f' + {s.sim_workers} simulated' if s.sim_workers else ''}"
 
 
 def format_summary(result: RunResult) -> str:
@@ -55,6 +60,7 @@ def format_summary(result: RunResult) -> str:
             f"{w} exit {o.exit_code}"
             + (f", {o.restarts} restart(s)" if o.restarts else "")
             + (", stopped at the deadline" if o.stopped else "")
+            + (", killed for good by the nemesis" if o.killed else "")
             for w, o in result.workers.items()
         )
     )
@@ -120,4 +126,6 @@ def _failover(result: RunResult) -> str:
             f"max {failovers.max_s:.2f} s"
         )
     unmeasured = f" ({failovers.unmeasured} without a later write)" if failovers.unmeasured else ""
-    return f"failover (leader fault -> first write at a newer term): {measured}{unmeasured}"
+    # The DDP job's ranks record no writes: a replica claiming the lead stands in (measures.py).
+    after = "leader claim" if result.scenario.ddp_agents else "write"
+    return f"failover (leader fault -> first {after} at a newer term): {measured}{unmeasured}"
