@@ -638,16 +638,20 @@ class Worker:
         return fetch_latest(self._client, before_step)
 
     # -- leaving ------------------------------------------------------------------
-    def close(self, reason: str | None = None, detail: str = "") -> None:
+    def close(
+        self, reason: str | None = None, detail: str = "", *, deregister: bool = True
+    ) -> None:
         """Stop beating and deregister (idempotent); errors are logged, not raised.
 
         ``reason``: None (shutdown), ``"preempted"`` or ``"error"``.
+        ``deregister=False`` only stops beating: the leader replaces the member
+        with the next rendezvous round, or declares it dead after its timeout.
         """
         if self._closed:
             return
         self._closed = True
         self._heartbeats.stop()
-        if not self._superseded:
+        if deregister and not self._superseded:
             try:
                 self._client.call(
                     "Deregister",
@@ -678,7 +682,11 @@ class Worker:
         if exc is None or isinstance(exc, KeyboardInterrupt):
             self.close()
         else:
-            self.close("error", f"{type(exc).__name__}: {exc}")
+            # A rank of a torchrun round that fails (most often because a peer
+            # died and the collective raised) leaves its record to the next
+            # round, which replaces the whole group in one generation; ranks
+            # deregistering one by one would move it once per rank.
+            self.close("error", f"{type(exc).__name__}: {exc}", deregister=self.round_seat is None)
 
     def __repr__(self) -> str:
         return (
