@@ -65,9 +65,10 @@ chaos: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest tests -q
 
-# The main job on this machine: etcd, 3 coordinators, 4 training workers, a
-# leader crash and a worker crash (about 2 minutes on 2 cores). DEMO_ARGS
-# passes options through, e.g. make demo DEMO_ARGS="--workers 2 --keep".
+# The main job on this machine: etcd, 3 coordinators and a DDP job of 2 torchrun
+# agents x 2 ranks through a rank kill, an agent leaving and two leader kills
+# (about 2 minutes on 2 cores). DEMO_ARGS passes options through, e.g.
+# make demo DEMO_ARGS="--no-faults --keep".
 DEMO_EXTRAS := etcd,torch
 DEMO_ARGS ?=
 demo:
