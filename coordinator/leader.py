@@ -87,7 +87,6 @@ from .rounds import (
     judge,
     newest_round,
     plan_round,
-    round_changes,
     stale_round,
 )
 from .shard_cache import ShardCache
@@ -406,13 +405,13 @@ class Coordinator:
         """A torchrun rank's registration (``rounds.py``): its record once the whole round
         is written, None while the round still forms (the rank asks again)."""
         await self._leading_term()
+        forming = self.rounds.newest(join.rdzv_id)
+        if forming is not None and forming > join.order:
+            raise stale_round(join, forming)  # a newer round forms: this process is a leftover
         verdict = judge(self._view, join)
-        if verdict is Verdict.REJOIN:
-            rdzv = (join.rdzv_id, join.life, join.round)
-            return await self.register_worker(
-                join.worker_id, join.capacity, host=join.host, pid=join.pid, rdzv=rdzv
-            )
-        if verdict is Verdict.JOIN:
+        if verdict is Verdict.REJOIN and not self.rounds.writing(join):
+            await self._rejoin_round(join)
+        elif verdict is not Verdict.MEMBER:  # JOIN, or REJOIN of a round being written
             whole = self.rounds.add(join)
             if whole is None:
                 await self.rounds.wait(join, ROUND_HOLD_S)
@@ -434,16 +433,44 @@ class Coordinator:
                 if join.worker_id in view.members:
                     self._liveness[join.worker_id] = Liveness(self._clock())
 
+        planned = [True]
+
+        def planner(view: ClusterView) -> WritePlan | None:
+            plan = plan_round(self.keys, view, joins)  # what is left, on the current view
+            planned.append(plan is not None)
+            return plan
+
         try:
-            for chunk in batches(round_changes(self._view, joins)):
-                only = frozenset(chunk)
-                await self._write(
-                    lambda v, only=only: plan_round(self.keys, v, joins, only),  # type: ignore[misc]
-                    on_applied=seen_now,
-                )
+            # One batch per transaction, each planned under the write lock on the view
+            # as it is then; bounded: every applied batch leaves fewer changes.
+            for _ in range(len(self._view.members) + len(joins) + 2):
+                await self._write(planner, on_applied=seen_now)
+                if not planned[-1]:
+                    break
             written = True
         finally:
             self.rounds.written(joins[0], written)
+
+    async def _rejoin_round(self, join: RoundJoin) -> None:
+        """A rank of a written round that is not a live member registers alone (once)."""
+
+        def planner(view: ClusterView) -> WritePlan | None:
+            if judge(view, join) is not Verdict.REJOIN:
+                return None  # written meanwhile (a retry of this very call): nothing to do
+            return plan_register(
+                self.keys,
+                view,
+                join.worker_id,
+                join.capacity,
+                host=join.host,
+                pid=join.pid,
+                rdzv=join.tag,
+            )
+
+        def seen_now(view: ClusterView) -> None:
+            self._liveness[join.worker_id] = Liveness(self._clock())
+
+        await self._write(planner, on_applied=seen_now)
 
     async def heartbeat(
         self,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from dtr.errors import InvalidArgument, StaleRound
 from dtr.keys import JobKeys
 
-from .membership import WritePlan, plan_member_changes
+from .membership import WritePlan, batches, plan_member_changes
 from .state import ClusterView, MemberRecord
 
 #: How long the leader holds a rank's registration while its round forms; below
@@ -140,26 +140,25 @@ def round_changes(view: ClusterView, joins: Sequence[RoundJoin]) -> dict[str, Me
     return changes
 
 
-def plan_round(
-    keys: JobKeys, view: ClusterView, joins: Sequence[RoundJoin], only: frozenset[str]
-) -> WritePlan | None:
-    """The part of a round's write that touches ``only`` (one batch); None if nothing is left.
+def plan_round(keys: JobKeys, view: ClusterView, joins: Sequence[RoundJoin]) -> WritePlan | None:
+    """The next batch of a round's write; None when nothing is left.
 
     Planned against the current view, so a retry after a stale view or an
     unknown outcome writes what is still missing and nothing twice: a rank
     already written for this round (by an earlier batch, or by this batch
-    before its outcome was lost) is left as it is.
+    before its outcome was lost) is left as it is, and ranks of earlier
+    rounds written meanwhile (an older round's write that was still in
+    flight) are retired too. At most ``MAX_MEMBER_CHANGES_PER_TXN`` changes.
     """
     newest = newest_round(view, joins[0].rdzv_id)
     if newest is not None and newest > joins[0].order:
         return None  # a newer round was written meanwhile; the waiters will see StaleRound
     done = {j.worker_id for j in joins if judge(view, j) is Verdict.MEMBER}
-    changes: Mapping[str, MemberRecord] = {
-        worker_id: record
-        for worker_id, record in round_changes(view, joins).items()
-        if worker_id in only and worker_id not in done
-    }
-    return plan_member_changes(keys, view, changes) if changes else None
+    left = {w: r for w, r in round_changes(view, joins).items() if w not in done}
+    if not left:
+        return None
+    batch: Mapping[str, MemberRecord] = {w: left[w] for w in batches(left)[0]}
+    return plan_member_changes(keys, view, batch)
 
 
 @dataclass
@@ -209,6 +208,16 @@ class RoundGate:
             forming.writing = True
             return [forming.joins[rank] for rank in sorted(forming.joins)]
         return None
+
+    def newest(self, rdzv_id: str) -> tuple[int, int] | None:
+        """The (life, round) forming for ``rdzv_id`` on this leader, if any."""
+        forming = self._forming.get(rdzv_id)
+        return forming.order if forming is not None else None
+
+    def writing(self, join: RoundJoin) -> bool:
+        """Whether ``join``'s round is being written now (some batches may have landed)."""
+        forming = self._forming.get(join.rdzv_id)
+        return forming is not None and forming.order == join.order and forming.writing
 
     def written(self, join: RoundJoin, ok: bool) -> None:
         """``join``'s round's write ended: wake its waiters, or let the next rank try again."""

@@ -40,6 +40,7 @@ from dtr.errors import (
     InvalidArgument,
     MembershipChanged,
     StaleIncarnation,
+    StaleRound,
     UnknownWorker,
     WorkerSuperseded,
 )
@@ -338,6 +339,10 @@ class Worker:
             return False
         try:
             self.rejoin(incarnation or self._incarnation)
+        except StaleRound as err:  # a newer rendezvous round replaced this process's
+            _log.error("worker %s: %s", self.worker_id, err)
+            self._superseded = True
+            return False
         except DtrError as err:
             _log.warning("worker %s: rejoining failed, will retry: %s", self.worker_id, err)
         return True
