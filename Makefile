@@ -89,6 +89,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ring.py
 	$(PY) benchmarks/coordinator.py
 	$(PY) benchmarks/commit_burst.py
+	$(PY) benchmarks/ddp_faults.py
 	$(PY) benchmarks/worker.py
 	$(PY) benchmarks/checkpoint.py
 	$(PY) benchmarks/rendezvous.py
