@@ -5,6 +5,7 @@ Tests wait for a condition with a deadline, never for a fixed time.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -60,6 +61,32 @@ class StatusError(grpc.RpcError):
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
+
+
+def run_in_own_session(
+    argv: list[str], env: dict[str, str], timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` for a launcher (torchrun) whose children must not outlive a timeout.
+
+    On timeout ``subprocess.run`` kills only the launcher; its ranks, orphaned,
+    would wait for peers forever. Here the launcher leads its own session, and
+    a timeout SIGKILLs that whole process group before the test fails.
+    """
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{argv[0]} ran over {timeout_s} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def stop_gracefully(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:

@@ -24,6 +24,7 @@ from dtr.chaos.cluster import LocalCluster
 from dtr.etcd import RunningEtcd
 from dtr.keys import JobKeys
 from dtr.store import EtcdStore
+from helpers import run_in_own_session
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def test_dtr_run_is_torchrun_on_the_coordinators_rendezvous(
     env.pop("DTR_JOB", None)
     argv = [str(DTR), "run", "--job", cluster.job, "--nnodes", "1", "--nproc-per-node", "2"]
     argv += ["--max-restarts", "0", "--local-addr", "127.0.0.1", str(SCRIPT)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
+    done = run_in_own_session(argv, env, timeout_s=180)
     assert done.returncode == 0, done.stdout + done.stderr
     # Both ranks share torchrun's stdout: a line's text and its newline are separate
     # writes, so two ranks' lines can run together; look for each report in the text.

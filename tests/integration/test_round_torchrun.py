@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 
 from dtr.chaos.cluster import LocalCluster
 from dtr.etcd import RunningEtcd
+from helpers import run_in_own_session
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_each_torchrun_restart_is_one_round_and_one_generation(
     argv += ["--rdzv-backend=dtr", f"--rdzv-endpoint={cluster.coordinators}"]
     argv += [f"--rdzv-id=rt-{uuid.uuid4().hex[:6]}", "--local-addr=127.0.0.1"]
     argv += [str(CHILD), str(tmp_path)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = run_in_own_session(argv, env, timeout_s=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     reports = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert sorted(reports) == ["0-0", "0-1", "1-0", "1-1"], reports
