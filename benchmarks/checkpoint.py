@@ -3,8 +3,8 @@
 Run as ``.venv/bin/python benchmarks/checkpoint.py`` (``--quick`` for a smoke
 test on a small state). Writes ``benchmarks/results/checkpoint.json`` (every
 number) and ``checkpoint.md`` (targets, verdicts, the runs). All figures come
-from one run, as ratios to references measured in the same run, on the same
-~1 GiB state: 8 float32 tensors of 128 MiB and 200 of 64 KiB.
+from one run, as ratios to references measured in the same run; (1) to (4)
+on one ~1 GiB state: 8 float32 tensors of 128 MiB and 200 of 64 KiB.
 
 dtr saves through a real ``CheckpointManager`` (``file://`` storage in a
 temporary directory, an explicit commit queue) whose commits go to a real
@@ -28,13 +28,19 @@ durable; (2) a matmul loop on a second thread, ``torch.set_num_threads(1)``,
 starts one save between two steps and the compute it loses from the save's
 start to durable is counted (``checkpoint_load.py``); (4) the S3 upload path
 against boto3's ``upload_file`` on a local ``moto_server``
-(``checkpoint_s3.py``). Everything started here is stopped by its own handle.
+(``checkpoint_s3.py``); (5) three states of the same bytes (500 MiB) in 10,
+200 and 1,000 tensors: the first save of a fresh manager without and after
+``prepare()``, then steady saves against bare copies of the same tensors and
+of the same bytes into reused buffers, ``torch.save`` + fsync and
+``dcp.async_save``, in rotated rounds. Everything started here is stopped by
+its own handle.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -42,6 +48,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +59,7 @@ from bench_paths import RESULTS, run_facts
 from checkpoint_load import MatmulLoop, compute_lost, process_cpu_s
 from checkpoint_report import render
 from checkpoint_s3 import compare_uploads
-from checkpoint_savers import WORKER_ID, Savers, blocking_stager_problem
+from checkpoint_savers import WORKER_ID, BareCopies, Savers, blocking_stager_problem
 
 from dtr.chaos.cluster import LocalCluster
 from dtr.worker import CheckpointManager, Worker
@@ -81,12 +88,18 @@ class Settings:
     s3_bytes: int = 256 * MIB
     s3_repetitions: int = 5
     s3_budget_s: float = 45.0
+    count_shapes: tuple[int, ...] = (10, 200, 1000)  # (5): tensors per state, same bytes
+    count_bytes: int = 500 * MIB
+    count_repetitions: int = 11  # paired rounds: bare copies, a dtr save, bare copies
+    count_budget_s: float = 30.0
+    count_sync_repetitions: int = 3  # torch.save + fsync and dcp.async_save, each
 
 
 def quick_settings() -> Settings:
     return Settings(
         big_bytes=8 * MIB, save_repetitions=2, load_repetitions=1, s3_bytes=16 * MIB,
-        s3_repetitions=1, quiet_window_s=1.0,
+        s3_repetitions=1, quiet_window_s=1.0, count_bytes=40 * MIB, count_repetitions=2,
+        count_sync_repetitions=1,
     )  # fmt: skip
 
 
@@ -223,6 +236,125 @@ def compute_costs(savers: Savers, s: Settings) -> Result:
     }
 
 
+# --- (5) stall against the number of tensors; the first save after prepare() -----------------
+
+
+def count_state(tensors: int, total_bytes: int) -> State:
+    """``tensors`` float32 tensors of equal size, ``total_bytes`` in all (first touch included)."""
+    generator = torch.Generator().manual_seed(tensors)
+    numel = total_bytes // 4 // tensors
+    return {f"layer.{i:04d}": torch.rand(numel, generator=generator) for i in range(tensors)}
+
+
+def manager_in(worker: Worker, root: Path) -> CheckpointManager:
+    """A fresh manager (a fresh staging pool: its first save is a process's first save)."""
+    root.mkdir()
+    return CheckpointManager(worker, f"file://{root}/dtr", queue_path=root / "commits.sqlite")
+
+
+def first_save(
+    manager: CheckpointManager, state: State, steps: Iterator[int], *, prepare: bool
+) -> Result:
+    """The manager's first save, after ``prepare(state)`` has finished or without it."""
+    row: Result = {"prepared": prepare}
+    if prepare:
+        started = time.perf_counter()
+        ready = manager.prepare(state)
+        row["prepare_call_s"] = time.perf_counter() - started
+        ready.result(timeout=SAVE_TIMEOUT_S)
+        row["prepare_ready_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    future = manager.save_async(state, next(steps))
+    row["stall_s"] = time.perf_counter() - started
+    future.result(timeout=SAVE_TIMEOUT_S)
+    row["durable_s"] = time.perf_counter() - started
+    manager.wait(timeout_s=30.0)
+    return row
+
+
+def one_count(
+    worker: Worker, root: Path, tensors: int, steps: Iterator[int], s: Settings
+) -> Result:
+    """First saves (without, then with prepare), paired steady rounds, then synchronous saves.
+
+    A steady round times the bare copies, one dtr save, then the bare copies
+    again (mirrored around the save, so drift in the machine's load cancels);
+    its ratios divide the save's stall by the mean of the copies around it.
+    """
+    state = count_state(tensors, s.count_bytes)
+    root.mkdir()
+    with manager_in(worker, root / "unprepared") as manager:
+        unprepared = first_save(manager, state, steps, prepare=False)
+    shutil.rmtree(root / "unprepared")
+    with manager_in(worker, root / "prepared") as manager:
+        prepared = first_save(manager, state, steps, prepare=True)
+        (root / "refs").mkdir()
+        savers = Savers(state, manager, root / "refs", steps)
+        try:
+            savers.clean_up()
+            copies = BareCopies(state)
+            rounds: list[Result] = []
+            deadline = time.monotonic() + s.count_budget_s
+            for rep in range(s.count_repetitions):
+                if rep and time.monotonic() > deadline:
+                    break
+                flat, bare = [copies.flat()], [copies.per_tensor()]
+                save = one_save(savers, "dtr")
+                bare.append(copies.per_tensor())
+                flat.append(copies.flat())
+                rounds.append(
+                    {
+                        "rep": rep,
+                        "dtr": save["stall_s"],
+                        "dtr_durable_s": save["durable_s"],
+                        "bare copy": bare,
+                        "flat copy": flat,
+                    }
+                )
+            one_save(savers, "dcp")  # dcp's first save, untimed: its stager's cache fills
+            synchronous = [
+                {"rep": rep, **one_save(savers, who)}
+                for rep in range(s.count_sync_repetitions)
+                for who in (("torch.save", "dcp") if rep % 2 == 0 else ("dcp", "torch.save"))
+            ]
+        finally:
+            savers.stager.close()
+    medians = count_medians(rounds, synchronous)
+    print(
+        f"{tensors} tensors: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()), flush=True
+    )
+    return {
+        "tensors": tensors,
+        "bytes": sum(t.nbytes for t in state.values()),
+        "first": [unprepared, prepared],
+        "rounds": rounds,
+        "synchronous": synchronous,
+        "medians": medians,
+    }
+
+
+def count_medians(rounds: list[Result], synchronous: list[Result]) -> dict[str, float]:
+    """Medians of the stalls, and of each round's stall over the copies around it."""
+
+    def median_of(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return {
+        "dtr": median_of([r["dtr"] for r in rounds]),
+        "bare copy": median_of([statistics.fmean(r["bare copy"]) for r in rounds]),
+        "flat copy": median_of([statistics.fmean(r["flat copy"]) for r in rounds]),
+        "dtr / bare copy": median_of([r["dtr"] / statistics.fmean(r["bare copy"]) for r in rounds]),
+        "dtr / flat copy": median_of([r["dtr"] / statistics.fmean(r["flat copy"]) for r in rounds]),
+        "torch.save": median_of([r["stall_s"] for r in synchronous if r["who"] == "torch.save"]),
+        "dcp": median_of([r["stall_s"] for r in synchronous if r["who"] == "dcp"]),
+    }
+
+
+def count_costs(worker: Worker, root: Path, steps: Iterator[int], s: Settings) -> list[Result]:
+    """(5) for each count of tensors, one state at a time (each freed before the next)."""
+    return [one_count(worker, root / f"count-{n}", n, steps, s) for n in s.count_shapes]
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -254,20 +386,22 @@ def measure(s: Settings, root: Path) -> Result:
     state = make_state(s)
     first_touch_s = time.perf_counter() - started
     state_bytes = sum(t.nbytes for t in state.values())
+    steps = itertools.count(1)  # one worker commits each step once, whichever manager saves it
     print(f"state: {state_bytes / MIB:.0f} MiB, created in {first_touch_s:.2f} s", flush=True)
     with (
         LocalCluster.start(replicas=1, job=JOB) as cluster,
         Worker(cluster.coordinators, worker_id=WORKER_ID, job=JOB) as worker,
-        CheckpointManager(
-            worker, f"file://{root}/dtr", queue_path=root / "commits.sqlite"
-        ) as manager,
     ):
-        savers = Savers(state, manager, root)
-        try:
-            saves = save_costs(savers, s)
-            load = compute_costs(savers, s)
-        finally:
-            savers.stager.close()
+        with CheckpointManager(
+            worker, f"file://{root}/dtr", queue_path=root / "commits.sqlite"
+        ) as manager:
+            savers = Savers(state, manager, root, steps)
+            try:
+                saves = save_costs(savers, s)
+                load = compute_costs(savers, s)
+            finally:
+                savers.stager.close()
+        counts = count_costs(worker, root, steps, s)
         etcd = cluster.owned_etcd.version if cluster.owned_etcd else "unknown"
     assert savers.raw is not None
     s3 = compare_uploads(savers.raw[: s.s3_bytes], root, s.s3_repetitions, s.s3_budget_s)
@@ -281,6 +415,7 @@ def measure(s: Settings, root: Path) -> Result:
         "saves": saves,
         "load": load,
         "s3": s3,
+        "counts": counts,
         "etcd": etcd,
     }
 

@@ -19,6 +19,8 @@ STALL_VS_DCP_MAX = 1.0
 LOST_VS_DCP_MAX = 0.5
 THROUGHPUT_VS_RAW_MIN = 0.8
 S3_VS_UPLOAD_FILE_MIN = 0.9
+STEADY_VS_BARE_COPY_MAX = 1.25
+FIRST_VS_TORCH_SAVE_MAX = 0.25
 GB = 1e9
 
 
@@ -119,7 +121,80 @@ def targets_table(p: Result) -> list[str]:
             target="-",
             verdict="-",
         ),
+        *count_target_rows(p.get("counts", [])),
     ]
+
+
+def count_target_rows(counts: list[Result]) -> list[str]:
+    """(5): the steady stall against a bare copy, the first save against a synchronous one.
+
+    The steady ratios are medians of each round's ratio (the save over the
+    mean of the copies timed just before and after it), not ratios of medians.
+    """
+    if not counts:
+        return []
+    rows: list[str] = []
+    for c in counts:
+        m = c["medians"]
+        rows.append(
+            _row(
+                f"(5a) steady stall vs a bare copy of the same bytes (one tensor), {_tensors(c)}",
+                f"{m['dtr']:.3f} s",
+                f"{m['flat copy']:.3f} s",
+                ratio=m["dtr / flat copy"],
+                target=f"≤ {STEADY_VS_BARE_COPY_MAX:g}",
+                verdict=verdict(m["dtr / flat copy"], STEADY_VS_BARE_COPY_MAX),
+            )
+        )
+    for c in counts:
+        first = _first(c, prepared=True)["stall_s"]
+        sync = c["medians"]["torch.save"]
+        rows.append(
+            _row(
+                f"(5b) first save after `prepare()` vs `torch.save` + fsync, {_tensors(c)}",
+                f"{first:.3f} s",
+                f"{sync:.3f} s",
+                ratio=first / sync,
+                target=f"≤ {FIRST_VS_TORCH_SAVE_MAX:g}",
+                verdict=verdict(first / sync, FIRST_VS_TORCH_SAVE_MAX),
+            )
+        )
+    for c in counts:
+        m = c["medians"]
+        rows.append(
+            _row(
+                f"(5c, orientation) steady stall vs `_foreach_copy_` of the same tensors, "
+                f"{_tensors(c)}",
+                f"{m['dtr']:.3f} s",
+                f"{m['bare copy']:.3f} s",
+                ratio=m["dtr / bare copy"],
+                target="-",
+                verdict="-",
+            )
+        )
+    for c in counts:
+        cold = _first(c, prepared=False)["stall_s"]
+        sync = c["medians"]["torch.save"]
+        rows.append(
+            _row(
+                f"(5c, orientation) first save without `prepare()` vs `torch.save` + fsync, "
+                f"{_tensors(c)}",
+                f"{cold:.3f} s",
+                f"{sync:.3f} s",
+                ratio=cold / sync,
+                target="-",
+                verdict="-",
+            )
+        )
+    return rows
+
+
+def _tensors(c: Result) -> str:
+    return f"{c['tensors']:,} tensors"
+
+
+def _first(c: Result, *, prepared: bool) -> Result:
+    return next(r for r in c["first"] if r["prepared"] is prepared)
 
 
 def header(p: Result) -> list[str]:
@@ -276,6 +351,86 @@ def s3_section(p: Result) -> list[str]:
     return [*lines, ""]
 
 
+def counts_section(p: Result) -> list[str]:
+    counts = p.get("counts", [])
+    if not counts:
+        return []
+    size = counts[0]["bytes"]
+    lines = [
+        "## (5) Stall against the number of tensors; the first save",
+        "",
+        f"Three states of {size / (1 << 20):.0f} MiB each: "
+        + ", ".join(
+            f"{c['tensors']:,} float32 tensors of {c['bytes'] / c['tensors'] / 1024:,.0f} KiB"
+            for c in counts
+        )
+        + ". For each, a fresh `CheckpointManager` (a fresh staging pool, as in a new "
+        "process) saves once without `prepare()`; another fresh one calls "
+        "`prepare(state)` (`prepare() call`: how long the call blocked), waits for it "
+        "(`prepare ready`: the helper thread has allocated and touched the buffer) and saves "
+        "(`first save after prepare`). That second manager then saves in paired rounds: "
+        "`flat copy` (the state's bytes as one tensor, `copy_` into a reused tensor: the "
+        "floor for any number of tensors) and `bare copy` (one `torch._foreach_copy_` of "
+        "the state's tensors into reused tensors of the same shapes: a stager's copy with "
+        "nothing else) are timed, then one dtr save (its stall; durable and old parts "
+        "deleted before anything else is timed), then both copies again. A round's ratio is "
+        "its stall over the mean of the two copies around it; the table gives medians of "
+        f"stalls and of ratios over {_rounds(counts)} rounds. Then `torch.save` + fsync "
+        "(synchronous: the stall is the save) and `dcp.async_save` with a reused "
+        f"`DefaultStager` (its first save untimed), {_sync_rounds(counts)} of each, "
+        "alternating. All figures are seconds of stall.",
+        "",
+        "| tensors | dtr steady | flat copy | dtr / flat | bare copy | dtr / bare "
+        "| torch.save + fsync | dcp | first save, no prepare | prepare() call | prepare ready "
+        "| first save after prepare |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in counts:
+        m, cold, warm = c["medians"], _first(c, prepared=False), _first(c, prepared=True)
+        lines.append(
+            f"| {c['tensors']:,} | {m['dtr']:.3f} | {m['flat copy']:.3f} | "
+            f"{m['dtr / flat copy']:.2f} | {m['bare copy']:.3f} | {m['dtr / bare copy']:.2f} | "
+            f"{m['torch.save']:.3f} | {m['dcp']:.3f} | {cold['stall_s']:.3f} | "
+            f"{warm['prepare_call_s']:.3f} | {warm['prepare_ready_s']:.3f} | "
+            f"{warm['stall_s']:.3f} |"
+        )
+    lines += [
+        "",
+        "| tensors | rep | flat copy before | bare copy before | dtr stall | bare copy after "
+        "| flat copy after | dtr / flat |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in counts:
+        for r in c["rounds"]:
+            flat, bare = r["flat copy"], r["bare copy"]
+            lines.append(
+                f"| {c['tensors']:,} | {r['rep']} | {flat[0]:.3f} | {bare[0]:.3f} | "
+                f"{r['dtr']:.3f} | {bare[1]:.3f} | {flat[1]:.3f} | "
+                f"{r['dtr'] / statistics.fmean(flat):.2f} |"
+            )
+    lines += [
+        "",
+        "| tensors | rep | save | stall s | durable s |",
+        "| ---: | ---: | --- | ---: | ---: |",
+    ]
+    for c in counts:
+        for r in c["synchronous"]:
+            lines.append(
+                f"| {c['tensors']:,} | {r['rep']} | {r['who']} | {r['stall_s']:.3f} "
+                f"| {r['durable_s']:.3f} |"
+            )
+    return [*lines, ""]
+
+
+def _rounds(counts: list[Result]) -> str:
+    rounds = sorted(len(c["rounds"]) for c in counts)
+    return f"{rounds[0]} to {rounds[-1]}" if rounds[0] != rounds[-1] else str(rounds[0])
+
+
+def _sync_rounds(counts: list[Result]) -> str:
+    return str(max(r["rep"] for c in counts for r in c["synchronous"]) + 1)
+
+
 def render(p: Result) -> str:
     lines = [
         *header(p),
@@ -287,5 +442,6 @@ def render(p: Result) -> str:
         *saves_section(p),
         *load_section(p),
         *s3_section(p),
+        *counts_section(p),
     ]
     return "\n".join(lines)

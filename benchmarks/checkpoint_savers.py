@@ -5,7 +5,8 @@ dtr through the run's ``CheckpointManager``; ``dcp.async_save`` with one
 ``torch.save`` + fsync; and a raw ``os.write`` + fsync of exactly the bytes of
 dtr's part, read back once it exists. ``clean_up`` runs outside every timed
 window: commits acknowledged, old parts deleted by the manager, the
-references' files removed.
+references' files removed. ``BareCopies`` are the floor of a stall: the
+state's bytes copied into buffers reused from copy to copy, nothing else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -44,21 +45,22 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
 class Savers:
     """The four ways to save the state, each into its own directory under ``root``."""
 
-    def __init__(self, state: State, manager: CheckpointManager, root: Path) -> None:
+    def __init__(
+        self, state: State, manager: CheckpointManager, root: Path, steps: Iterator[int]
+    ) -> None:
+        """``steps``: shared by every manager of the run's worker (a step is committed once)."""
         self.state, self.manager, self.root = state, manager, root
         self.stager = DefaultStager(StagingOptions(False, False, False, False))
         self.raw: memoryview | None = None  # dtr's part, read back once it exists
-        self._step = 0
+        self._steps = steps
         for name in ("dcp", "torch", "raw"):
             (root / name).mkdir()
 
     def start_dtr(self) -> Future[Any]:
-        self._step += 1
-        return self.manager.save_async(self.state, self._step)
+        return self.manager.save_async(self.state, next(self._steps))
 
     def start_dcp(self) -> Future[Any]:
-        self._step += 1
-        target = self.root / "dcp" / f"step-{self._step}"
+        target = self.root / "dcp" / f"step-{next(self._steps)}"
         future = dcp_async_save(self.state, checkpoint_id=target, async_stager=self.stager)
         assert isinstance(future, Future)  # synchronous staging: the upload future
         return future
@@ -96,6 +98,35 @@ class Savers:
         for name in ("dcp", "torch", "raw"):
             for child in (self.root / name).iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+class BareCopies:
+    """A stall's references: the state's bytes copied into reused buffers, nothing else.
+
+    ``per_tensor``: one ``torch._foreach_copy_`` of the state's tensors into
+    tensors of the same shapes (what a stager does at best, with no layout,
+    header or bookkeeping); ``flat``: the same number of bytes as one tensor
+    (``copy_``), what no count of tensors can beat. Both are warmed (every
+    page touched) before they are timed.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.sources = list(state.values())
+        self.targets = [torch.empty_like(t) for t in self.sources]
+        self.flat_source = torch.cat([t.reshape(-1) for t in self.sources])
+        self.flat_target = torch.empty_like(self.flat_source)
+        self.per_tensor()
+        self.flat()
+
+    def per_tensor(self) -> float:
+        started = time.perf_counter()
+        torch._foreach_copy_(self.targets, self.sources)
+        return time.perf_counter() - started
+
+    def flat(self) -> float:
+        started = time.perf_counter()
+        self.flat_target.copy_(self.flat_source)
+        return time.perf_counter() - started
 
 
 def blocking_stager_problem() -> str | None:

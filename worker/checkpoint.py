@@ -4,6 +4,8 @@ One save goes through four stages, and only the first blocks training:
 
 1. **snapshot** (caller's thread): tensors are copied into reused staging
    memory (``snapshot.py``; pinned memory and one synchronize for CUDA);
+   ``prepare(state)`` allocates and touches that memory ahead of the first
+   save, on a helper thread (``staging.py``);
 2. **write** (one writer thread): the header and the staged bytes go to
    storage atomically with a checksum computed on the way (``dtr.storage``);
    a thread, not a process, because the bytes are already in memory and every
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import secrets
 import threading
@@ -77,7 +78,8 @@ from .replicated import (
     step_prefix,
     write_manifest,
 )
-from .snapshot import Snapshot, StagingBusy, StagingPool, snapshot
+from .snapshot import LayoutCache, Snapshot, StagingBusy, StagingPool, prepare, snapshot
+from .staging import lower_priority
 from .worker import Worker
 
 _log = logging.getLogger(__name__)
@@ -95,16 +97,6 @@ class SaveResult:
     size_bytes: int = 0
     checksum: str = ""  # "<algorithm>:<hex digest>"
     dropped: bool = False
-
-
-def _lower_priority() -> None:
-    """Let background saving give way to training when the cores are busy.
-
-    On Linux a thread is a task with its own nice value, so this lowers the
-    writer thread alone (and the threads it starts). Elsewhere it does nothing.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def part_name(step: int, worker_id: str, token: str = "") -> str:
@@ -205,8 +197,9 @@ class CheckpointManager:
                 ) from None
         self._queue = CommitQueue(path)
         self._pool = StagingPool(max_buffers=max_in_flight, block=when_full == "wait")
+        self._layouts = LayoutCache()  # the next save of the same shapes reuses the layout
         self._writer = ThreadPoolExecutor(
-            1, thread_name_prefix="dtr-checkpoint-writer", initializer=_lower_priority
+            1, thread_name_prefix="dtr-checkpoint-writer", initializer=lower_priority
         )
         self._lock = threading.Lock()
         self._in_flight: set[Future[SaveResult]] = set()
@@ -230,6 +223,16 @@ class CheckpointManager:
         worker.metrics.watch_commit_queue(lambda: self._queue.depth)
 
     # -- saving -------------------------------------------------------------------
+    def prepare(self, state: Any) -> Future[None]:
+        """Ready staging memory for ``state`` on a helper thread: the first save is then fast.
+
+        Costs one buffer of ``state``'s size, kept (docs/operations.md). Call it with the
+        state you will save; a save meanwhile waits for it. Bad state: ``InvalidArgument``.
+        """
+        if self._closed:
+            raise CheckpointError("the checkpoint manager is closed")
+        return prepare(state, self._pool, self._layouts, skip=self.replicated and not self.writer)
+
     def save_async(self, state: Any, step: int) -> Future[SaveResult]:
         """Snapshot ``state`` now and write it in the background; see the module docstring.
 
@@ -241,7 +244,7 @@ class CheckpointManager:
             raise CheckpointError("the checkpoint manager is closed")
         who = SaveIdentity.of(self._worker)
         if self.replicated and not self.writer:
-            return self._track(self._writer.submit(self._adopt_and_queue, step, who))
+            return self._submit(None, self._adopt_and_queue, step, who)
         meta: dict[str, JsonValue] = {
             "step": step,
             "worker_id": self._worker.worker_id,
@@ -249,7 +252,7 @@ class CheckpointManager:
         }
         started = time.perf_counter()
         try:
-            snap = snapshot(state, meta, self._pool)
+            snap = snapshot(state, meta, self._pool, layouts=self._layouts)
         except StagingBusy:
             if self.when_full != "drop":
                 raise
@@ -259,9 +262,21 @@ class CheckpointManager:
             return dropped
         finally:
             self._worker.metrics.checkpoint_stall_seconds.observe(time.perf_counter() - started)
-        return self._track(self._writer.submit(self._write_and_queue, snap, step, who))
+        return self._submit(snap, self._write_and_queue, snap, step, who)
 
-    def _track(self, future: Future[SaveResult]) -> Future[SaveResult]:
+    def _submit(
+        self, snap: Snapshot | None, call: Callable[..., SaveResult], *args: Any
+    ) -> Future[SaveResult]:
+        """Queue a save for the writer; its snapshot goes back if it never runs (a future
+        cancelled while queued; ``close()`` on another thread, a signal handler's, say)."""
+        try:
+            future = self._writer.submit(call, *args)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            if snap is not None:
+                snap.release()
+            raise CheckpointError("the checkpoint manager is closed") from None
+        if snap is not None:
+            future.add_done_callback(snap.release_if_cancelled)
         with self._lock:
             self._in_flight.add(future)
         future.add_done_callback(self._settle)
@@ -397,7 +412,7 @@ class CheckpointManager:
 
     @property
     def last_committed_step(self) -> int | None:
-        return self._queue.last_committed_step
+        return self._queue.last_committed_step_of(self._worker.job_life)  # not an old life's
 
     def _progress(self) -> pb.CheckpointProgress:
         """What the next heartbeat reports (``dtr status``, the chaos checker)."""
@@ -512,6 +527,7 @@ class CheckpointManager:
         self._stopping.set()
         self._worker.checkpoint_progress = None
         self._writer.shutdown(wait=True)
+        self._pool.close()  # stops a preparation under way; staging memory goes back
         self._flusher.wait_empty(min(timeout_s, 5.0))
         self._flusher.stop()
         self._collector.close()

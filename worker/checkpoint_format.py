@@ -51,6 +51,8 @@ __all__ = [
     "decode",
     "decode_header",
     "encode_header",
+    "encode_header_with",
+    "encode_specs",
     "encode_tree",
     "plan_layout",
 ]
@@ -152,10 +154,16 @@ def plan_layout(tensors: Sequence[torch.Tensor]) -> Layout:
 
 @dataclass(frozen=True)
 class EncodedTree:
-    """A state as header JSON, and the tensors its ``{"tensor": i}`` nodes point at."""
+    """A state as header JSON, and the tensors its ``{"tensor": i}`` nodes point at.
+
+    ``signature`` is each tensor's ``(dtype, shape)``: all ``plan_layout``
+    depends on, so a save whose signature equals the last one's reuses its
+    layout and header entries (``dtr.worker.staging_plan``).
+    """
 
     tree: JsonValue
     tensors: tuple[torch.Tensor, ...]
+    signature: tuple[tuple[torch.dtype, torch.Size], ...] = ()
 
 
 def encode_tree(state: object, *, root: str = "state") -> EncodedTree:
@@ -166,71 +174,125 @@ def encode_tree(state: object, *, root: str = "state") -> EncodedTree:
     weights) is stored once and decoded as one shared tensor, as ``torch.load``
     does. Subclasses of dict/list/tuple (``OrderedDict``, named tuples) are
     saved as the base type; a ``Parameter`` as a plain tensor.
+
+    The walk runs on the training thread at every save, so it does as little
+    per value as it can: a path is only spelt out for an error message, and
+    tied tensors are found by address first.
     """
     encoder = _TreeEncoder()
     tree = encoder.encode(state, root, 0)
-    return EncodedTree(tree, tuple(encoder.tensors))
+    return EncodedTree(tree, tuple(encoder.tensors), tuple(encoder.signature))
+
+
+# Where a value lies: the root's name, or (the parent's path, the key or index), or
+# (the parent's path, _METADATA). Spelt out (``_path_text``) only for an error message.
+_Path: TypeAlias = "str | tuple[_Path, object]"
+_METADATA = object()
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_PRIMITIVES = (bool, int, str)
+
+
+def _path_text(path: _Path) -> str:
+    parts: list[str] = []
+    while not isinstance(path, str):
+        path, key = path
+        parts.append("._metadata" if key is _METADATA else f"[{key!r}]")
+    return path + "".join(reversed(parts))
 
 
 class _TreeEncoder:
     def __init__(self) -> None:
         self.tensors: list[torch.Tensor] = []
-        self._index: dict[tuple[object, ...], int] = {}
+        self.signature: list[tuple[torch.dtype, torch.Size]] = []
+        self._by_address: dict[int, list[int]] = {}  # data_ptr -> indices into tensors
 
-    def encode(self, obj: object, path: str, depth: int) -> JsonValue:
+    def encode(self, obj: object, path: _Path, depth: int) -> JsonValue:
         if depth > MAX_DEPTH:
-            raise InvalidArgument(f"{path}: nested deeper than {MAX_DEPTH} levels")
-        if obj is None or type(obj) in (bool, int, str):
+            raise InvalidArgument(f"{_path_text(path)}: nested deeper than {MAX_DEPTH} levels")
+        kind = type(obj)
+        if obj is None or kind in _PRIMITIVES:
             return obj  # type: ignore[return-value]  # exactly one of JsonValue's primitives
-        if type(obj) is float:
-            return obj if math.isfinite(obj) else {"float": repr(obj)}
-        if isinstance(obj, torch.Tensor):
-            return {"tensor": self._add_tensor(obj, path)}
+        if kind in _TENSOR_TYPES:
+            return {"tensor": self._add_tensor(obj, path)}  # type: ignore[arg-type]
+        if kind is float:
+            return obj if math.isfinite(obj) else {"float": repr(obj)}  # type: ignore[arg-type,return-value]
         if isinstance(obj, dict):
             return self._encode_dict(obj, path, depth)
         if isinstance(obj, torch.Size):
             return {"size": list(obj)}
         if isinstance(obj, list | tuple):
-            items = [self.encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(obj)]
+            items = [self.encode(v, (path, i), depth + 1) for i, v in enumerate(obj)]
             return {"tuple" if isinstance(obj, tuple) else "list": items}
-        if type(obj) is bytes and len(obj) <= MAX_INLINE_BYTES:
-            return {"bytes": base64.b64encode(obj).decode("ascii")}
+        if isinstance(obj, torch.Tensor):
+            return {"tensor": self._add_tensor(obj, path)}  # refused: a subclass
+        if kind is bytes and len(obj) <= MAX_INLINE_BYTES:  # type: ignore[arg-type]
+            return {"bytes": base64.b64encode(obj).decode("ascii")}  # type: ignore[arg-type]
         if isinstance(obj, torch.dtype) and obj in _NAME_OF:
             return {"dtype": _NAME_OF[obj]}
         raise InvalidArgument(
-            f"{path}: cannot checkpoint a {type(obj)!r}: only tensors, dict/list/tuple, None, "
-            f"bool, int, float, str, bytes (up to {MAX_INLINE_BYTES} bytes), torch.dtype and "
-            "torch.Size can be saved (convert numpy arrays with torch.from_numpy)"
+            f"{_path_text(path)}: cannot checkpoint a {type(obj)!r}: only tensors, "
+            f"dict/list/tuple, None, bool, int, float, str, bytes (up to {MAX_INLINE_BYTES} "
+            "bytes), torch.dtype and torch.Size can be saved (convert numpy arrays with "
+            "torch.from_numpy)"
         )
 
-    def _encode_dict(self, obj: dict[Any, Any], path: str, depth: int) -> JsonValue:
+    def _encode_dict(self, obj: dict[Any, Any], path: _Path, depth: int) -> JsonValue:
         pairs: list[JsonValue] = []
         for key, value in obj.items():
-            item_path = f"{path}[{key!r}]"
-            if not _is_key(key):
+            item_path = (path, key)
+            if type(key) is str:  # the common case, and always a valid key
+                encoded_key: JsonValue = key
+            elif _is_key(key):
+                encoded_key = self.encode(key, item_path, depth + 1)
+            else:
                 raise InvalidArgument(
-                    f"{item_path}: cannot checkpoint a dict key of {type(key)!r}: keys may be "
-                    "None, bool, int, float, str, bytes or tuples of those"
+                    f"{_path_text(item_path)}: cannot checkpoint a dict key of {type(key)!r}: "
+                    "keys may be None, bool, int, float, str, bytes or tuples of those"
                 )
-            pairs.append(
-                [self.encode(key, item_path, depth + 1), self.encode(value, item_path, depth + 1)]
-            )
+            if type(value) in _TENSOR_TYPES and depth < MAX_DEPTH:  # skip a call per tensor
+                pairs.append([encoded_key, {"tensor": self._add_tensor(value, item_path)}])
+            else:
+                pairs.append([encoded_key, self.encode(value, item_path, depth + 1)])
         encoded: dict[str, JsonValue] = {"dict": pairs}
         metadata = getattr(obj, "_metadata", None)
         if isinstance(metadata, dict):
-            encoded["metadata"] = self.encode(metadata, f"{path}._metadata", depth + 1)
+            encoded["metadata"] = self.encode(metadata, (path, _METADATA), depth + 1)
         return encoded
 
-    def _add_tensor(self, tensor: torch.Tensor, path: str) -> int:
-        problem = _unsupported_tensor(tensor)
-        if problem:
-            raise InvalidArgument(f"{path}: cannot checkpoint {problem}")
-        key = (tensor.device, tensor.dtype, tensor.data_ptr(), tuple(tensor.shape),
-               tensor.stride(), tensor.is_conj(), tensor.is_neg())  # fmt: skip
-        index = self._index.setdefault(key, len(self.tensors))
-        if index == len(self.tensors):
-            self.tensors.append(tensor)
-        return index
+    def _add_tensor(self, tensor: torch.Tensor, path: _Path) -> int:
+        dtype = tensor.dtype
+        if (
+            type(tensor) not in _TENSOR_TYPES
+            or tensor.layout is not torch.strided
+            or dtype not in _NAME_OF
+            or tensor.is_meta
+        ):
+            problem = _unsupported_tensor(tensor) or f"a tensor of dtype {dtype}"
+            raise InvalidArgument(f"{_path_text(path)}: cannot checkpoint {problem}")
+        try:
+            shape = tensor.shape  # raises for a nested tensor (no sizes): free when it does not
+        except RuntimeError:
+            problem = _unsupported_tensor(tensor) or "a tensor without a shape"
+            raise InvalidArgument(f"{_path_text(path)}: cannot checkpoint {problem}") from None
+        address = tensor.data_ptr()
+        same_address = self._by_address.get(address)
+        if same_address is None:
+            self._by_address[address] = [len(self.tensors)]
+        else:  # tied, or another view of the same memory: the same only if every fact is
+            key = _view_key(tensor)
+            for index in same_address:
+                if _view_key(self.tensors[index]) == key:
+                    return index
+            same_address.append(len(self.tensors))
+        self.tensors.append(tensor)
+        self.signature.append((dtype, shape))
+        return len(self.tensors) - 1
+
+
+def _view_key(tensor: torch.Tensor) -> tuple[object, ...]:
+    """What makes two tensors at the same address the same value."""
+    return (tensor.device, tensor.dtype, tuple(tensor.shape), tensor.stride(),
+            tensor.is_conj(), tensor.is_neg())  # fmt: skip
 
 
 def _is_key(key: object) -> bool:
@@ -246,6 +308,8 @@ def _unsupported_tensor(tensor: torch.Tensor) -> str | None:
         return f"a tensor subclass {type(tensor)!r}"
     if tensor.layout != torch.strided:
         return f"a tensor with layout {tensor.layout} (only dense tensors)"
+    if tensor.is_nested:
+        return "a nested tensor (save its components, torch.Tensor.unbind(), instead)"
     if tensor.is_quantized:
         return "a quantized tensor (dequantize it first)"
     if tensor.is_meta:
@@ -265,18 +329,34 @@ def encode_header(
 
     ``meta`` (step, worker, generation, …) must be a dict of str → JSON values.
     """
-    header: dict[str, JsonValue] = {
-        "format_version": FORMAT_VERSION,
-        "tree": tree,
-        "tensors": [spec.to_json() for spec in specs],
-        "meta": _checked_meta(meta),
-    }
-    try:
-        body = json.dumps(header, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    except ValueError as err:  # e.g. an int past Python's int→str digit limit
-        raise InvalidArgument(f"state cannot be encoded: {err}") from err
+    return encode_header_with(tree, encode_specs(specs), meta)
+
+
+def encode_specs(specs: Sequence[TensorSpec]) -> str:
+    """The header's ``"tensors"`` entry as JSON text: worth keeping while the layout holds."""
+    return _dumps([spec.to_json() for spec in specs])
+
+
+def encode_header_with(tree: JsonValue, specs_json: str, meta: Mapping[str, JsonValue]) -> bytes:
+    """``encode_header`` with the tensors' entry already encoded (``encode_specs``).
+
+    The same bytes as encoding the whole header at once: JSON text composes,
+    and the keys go in the order ``encode_header`` always wrote them.
+    """
+    meta_json = _dumps(_checked_meta(meta))
+    body = (
+        f'{{"format_version":{FORMAT_VERSION},"tree":{_dumps(tree)},'
+        f'"tensors":{specs_json},"meta":{meta_json}}}'
+    )
     prefix = _FIXED.pack(MAGIC, len(body)) + body.encode("ascii")
     return prefix + bytes(_align(len(prefix)) - len(prefix))
+
+
+def _dumps(value: object) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    except ValueError as err:  # e.g. an int past Python's int→str digit limit
+        raise InvalidArgument(f"state cannot be encoded: {err}") from err
 
 
 def _checked_meta(meta: Mapping[str, JsonValue]) -> dict[str, JsonValue]:

@@ -103,14 +103,15 @@ _RECORD_COLUMNS = (
     "checksum_hex, format_version, manifest_uri, replicated, job_life, incarnation, enqueued_at"
 )
 _RECORD_COLUMN_COUNT = len(_RECORD_COLUMNS.split(","))
-# Keep the newest `keep_done` done rows, and always the row holding the highest
-# committed step, so last_committed_step survives pruning.
+# Keep the newest `keep_done` done rows, and always each job life's row holding its
+# highest committed step, so last_committed_step(_of) survives pruning. (SQLite: the
+# bare `seq` next to MAX(step) is taken from the row holding the maximum.)
 _PRUNE = """
 DELETE FROM commits WHERE state = 'done'
   AND seq <= COALESCE((SELECT seq FROM commits WHERE state = 'done'
                       ORDER BY seq DESC LIMIT 1 OFFSET ?), -1)
-  AND seq != COALESCE((SELECT seq FROM commits WHERE outcome IN ('accepted', 'duplicate')
-                       ORDER BY step DESC, seq DESC LIMIT 1), -1)
+  AND seq NOT IN (SELECT seq FROM (SELECT seq, MAX(step) FROM commits
+                  WHERE outcome IN ('accepted', 'duplicate') GROUP BY job_life))
 """
 
 
@@ -404,10 +405,24 @@ class CommitQueue:
 
     @property
     def last_committed_step(self) -> int | None:
-        """The highest step the coordinator accepted (or had), None if none yet."""
+        """The highest step the coordinator accepted (or had) in any job life, None if none.
+
+        A worker reports :meth:`last_committed_step_of` its own life: another
+        life's steps (the same job name on a fresh cluster) are not this job's.
+        """
         with self._transaction("read the last committed step", write=False) as conn:
             row = conn.execute(
                 "SELECT MAX(step) FROM commits WHERE outcome IN ('accepted', 'duplicate')"
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def last_committed_step_of(self, job_life: str) -> int | None:
+        """The highest step committed in job life ``job_life``, None if none yet."""
+        with self._transaction("read the last committed step", write=False) as conn:
+            row = conn.execute(
+                "SELECT MAX(step) FROM commits WHERE outcome IN ('accepted', 'duplicate') "
+                "AND job_life = ?",
+                (job_life,),
             ).fetchone()
         return None if row[0] is None else int(row[0])
 

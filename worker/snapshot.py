@@ -2,26 +2,36 @@
 
 ``CheckpointManager.save_async`` calls :func:`snapshot` on the training
 thread. It walks the state once (``encode_tree``), lays the tensors out in the
-checkpoint format, takes a staging buffer from a :class:`StagingPool` and
-copies every tensor into its slice of it; CUDA tensors go into pinned host
-memory with ``non_blocking=True`` copies and one ``torch.cuda.synchronize()``
-per device at the end. When it returns, training may modify its tensors
-freely; the :class:`Snapshot` holds the header bytes and memoryviews over the
-staging bytes, for ``os.writev`` on a background thread. Tensor bytes never
-become Python ``bytes``.
+checkpoint format (reusing the last save's layout while dtypes and shapes stay
+the same: ``dtr.worker.staging_plan``), takes a staging buffer from a
+:class:`StagingPool` (``dtr.worker.staging``) and copies every tensor into its
+slice of it. When it returns, training may modify its tensors freely; the
+:class:`Snapshot` holds the header bytes and memoryviews over the staging
+bytes, for ``os.writev`` on a background thread. Tensor bytes never become
+Python ``bytes``.
 
-Staging buffers are reused from save to save: a fresh 1 GiB buffer pays 0.4 to
-4 s of page faults on the build machine, the copy into a reused one ~0.1 s.
-``StagingPool.reserve`` pays the faults ahead of the first save. At most
-``max_buffers`` exist (one per save in flight), which is also the
-back-pressure: when every buffer is held by a save not yet written, the next
-snapshot waits (with a timeout) or fails at once, per the pool's policy.
+How the copies go, so that the stall is the copy of the bytes whatever the
+number of tensors (a 1,000-tensor state stalls like a 10-tensor one of the
+same size):
 
-Large contiguous CPU tensors are copied with libc's ``memmove`` (non-temporal
-stores, GIL released): ~1.7x the bandwidth of ``copy_`` on the 2-core build
-machine. Everything else goes through ``copy_``, which for large CPU tensors
-runs on torch's intra-op pool (``torch.get_num_threads()``): a snapshot briefly
-uses every core torch may.
+- contiguous CPU tensors, whatever their size, are copied by libc's
+  ``memmove`` (non-temporal stores for large ones, the GIL released), split
+  by bytes between this thread and one helper thread: one hand-off per save,
+  where ``copy_`` per tensor forks and joins torch's intra-op threads per
+  tensor (on a loaded 2-core machine 1,000 such joins cost more than the
+  copy) and ``torch._foreach_copy_`` does the same inside one call;
+- the rest (non-contiguous views, conjugate/negative views, CUDA tensors; bool
+  tensors, whose bytes ``copy_`` writes as 0/1 as the format wants; a zero
+  tensor, which has no memory; a tensor whose storage does not hold it, which
+  is refused, ``_check_readable``) go through one ``torch._foreach_copy_``
+  into views of the buffer, kept with the buffer while the layout holds; CUDA
+  tensors go into pinned host memory with ``non_blocking=True`` and one
+  ``torch.cuda.synchronize()`` per device at the end. **This CUDA path has not
+  run on a GPU yet** (no GPU machine so far): it is the same pinned,
+  non-blocking path as before, now through ``_foreach_copy_``, and the CUDA
+  unit test only runs where CUDA is;
+- the alignment padding is zeroed once per buffer and layout (equal states
+  give equal bytes; only this module writes into a staging buffer).
 
 What must not live here: the byte format (``dtr.worker.checkpoint_format``),
 writing, checksums and commits (the checkpoint manager and ``dtr.storage``).
@@ -31,156 +41,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
+from typing import Any
 
 import torch
 
 from dtr.errors import CheckpointError, InvalidArgument
-from dtr.worker.checkpoint_format import (
-    JsonValue,
-    TensorSpec,
-    encode_header,
-    encode_tree,
-    plan_layout,
-)
+from dtr.worker.checkpoint_format import JsonValue, encode_tree
+from dtr.worker.staging import StagingBusy, StagingPool
+from dtr.worker.staging_plan import RAW_REAL, LayoutCache, Plan
 
-__all__ = ["Snapshot", "StagingBusy", "StagingPool", "snapshot"]
+__all__ = ["LayoutCache", "Snapshot", "StagingBusy", "StagingPool", "prepare", "snapshot"]
 
-_GRANULE_BYTES = 1 << 20  # buffers grow in whole MiB, so small changes in size reuse them
 CHUNK_BYTES = 64 << 20  # the most one memoryview of a Snapshot covers
-# From this size on, a contiguous CPU tensor is copied by libc's memmove (non-temporal
-# stores, no dispatch): ~1.7x the bandwidth of copy_ on the 2-core build machine.
-_MEMMOVE_MIN_BYTES = 1 << 20
-
-
-class StagingBusy(CheckpointError):
-    """Every staging buffer is held by a save still being written (too many in flight)."""
-
-
-@dataclass(eq=False)
-class _Slot:
-    buffer: torch.Tensor
-    pinned: bool
-
-
-class StagingPool:
-    """At most ``max_buffers`` uint8 staging buffers, reused between saves; thread-safe.
-
-    The training thread acquires, the writer thread releases. With ``block``
-    (the default) ``acquire`` waits for a release, up to its timeout; without,
-    it raises ``StagingBusy`` at once.
-    """
-
-    def __init__(self, max_buffers: int = 2, *, block: bool = True) -> None:
-        if type(max_buffers) is not int or max_buffers < 1:
-            raise InvalidArgument(f"max_buffers must be a positive int, got {max_buffers!r}")
-        self.max_buffers = max_buffers
-        self.block = block
-        self.allocations = 0  # buffers ever allocated: stays flat while saves reuse them
-        self._cond = threading.Condition()
-        self._free: list[_Slot] = []
-        self._in_use: dict[int, _Slot] = {}
-        self._reserved = 0  # slots being allocated outside the lock
-
-    @property
-    def in_use(self) -> int:
-        """Buffers held by snapshots not yet released."""
-        with self._cond:
-            return len(self._in_use)
-
-    def acquire(
-        self, nbytes: int, *, pinned: bool = False, timeout_s: float | None = None
-    ) -> torch.Tensor:
-        """A buffer of at least ``nbytes`` bytes (pinned if asked), reused when one fits.
-
-        When none fits and the pool is full, a free buffer is dropped and a
-        bigger one allocated. Raises ``StagingBusy`` when all are held past
-        ``timeout_s`` (``None``: wait as long as it takes).
-        """
-        if type(nbytes) is not int or nbytes < 0:
-            raise InvalidArgument(f"nbytes must be a non-negative int, got {nbytes!r}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._cond:
-            while (slot := self._take_fitting(nbytes, pinned)) is None:
-                if self._make_room():
-                    break
-                self._wait(deadline, timeout_s)
-            if slot is not None:
-                self._in_use[id(slot.buffer)] = slot
-                return slot.buffer
-        return self._allocate(nbytes, pinned)  # outside the lock: it may take a while
-
-    def release(self, buffer: torch.Tensor) -> None:
-        """Gives back a buffer from :meth:`acquire`; its contents may be overwritten at once."""
-        with self._cond:
-            slot = self._in_use.pop(id(buffer), None)
-            if slot is None or slot.buffer is not buffer:
-                raise InvalidArgument("release() of a buffer this pool did not lend (or twice)")
-            self._free.append(slot)
-            self._cond.notify_all()
-
-    def reserve(self, nbytes: int, *, pinned: bool = False) -> None:
-        """Allocates and touches a buffer ahead of the first save, so it pays no page faults.
-
-        Call it off the training path (at start-up, sized from the model): a
-        fresh 1 GiB buffer costs seconds of page faults on some hosts.
-        """
-        buffer = self.acquire(nbytes, pinned=pinned, timeout_s=0)
-        buffer.zero_()
-        self.release(buffer)
-
-    def clear(self) -> None:
-        """Frees the idle buffers (host memory back to the allocator); held ones stay."""
-        with self._cond:
-            self._free.clear()
-
-    def _take_fitting(self, nbytes: int, pinned: bool) -> _Slot | None:
-        fits = [s for s in self._free if s.buffer.numel() >= nbytes and (s.pinned or not pinned)]
-        if not fits:
-            return None
-        best = min(fits, key=lambda s: s.buffer.numel())
-        self._free.remove(best)
-        return best
-
-    def _make_room(self) -> bool:
-        """Reserves a slot for a new buffer, dropping an unfit free one if the pool is full."""
-        if len(self._free) + len(self._in_use) + self._reserved >= self.max_buffers:
-            if not self._free:
-                return False
-            self._free.pop(0)  # the only reference: its memory goes before the new one comes
-        self._reserved += 1
-        return True
-
-    def _wait(self, deadline: float | None, timeout_s: float | None) -> None:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if not self.block or (remaining is not None and remaining <= 0):
-            waited = f" after waiting {timeout_s} s" if self.block else ""
-            raise StagingBusy(
-                f"all {self.max_buffers} staging buffers are held by saves still being written"
-                f"{waited}: too many saves in flight"
-            )
-        self._cond.wait(remaining)
-
-    def _allocate(self, nbytes: int, pinned: bool) -> torch.Tensor:
-        """A new buffer in the slot ``_make_room`` reserved, lent at once."""
-        capacity = -(-max(nbytes, 1) // _GRANULE_BYTES) * _GRANULE_BYTES
-        try:
-            buffer = torch.empty(capacity, dtype=torch.uint8, pin_memory=pinned)
-        except BaseException:
-            with self._cond:
-                self._reserved -= 1
-                self._cond.notify_all()
-            raise
-        with self._cond:
-            self._reserved -= 1
-            self.allocations += 1
-            self._in_use[id(buffer)] = _Slot(buffer, pinned)
-        return buffer
 
 
 class Snapshot:
@@ -217,6 +94,12 @@ class Snapshot:
                 view.release()
             self._pool.release(buffer)
 
+    def release_if_cancelled(self, write: Future[Any]) -> None:
+        """A done callback for the future that writes this snapshot: a cancelled one never
+        runs, so never releases, and its buffer would be held for good."""
+        if write.cancelled():
+            self.release()
+
     def __enter__(self) -> Snapshot:
         return self
 
@@ -235,6 +118,7 @@ def snapshot(
     staging: StagingPool,
     *,
     timeout_s: float | None = None,
+    layouts: LayoutCache | None = None,
 ) -> Snapshot:
     """Copies ``state`` into staging memory and returns it ready to write.
 
@@ -242,46 +126,137 @@ def snapshot(
     change its tensors as soon as this returns. Raises ``InvalidArgument``
     for a state that cannot be checkpointed (before any copy) and
     ``StagingBusy`` when no staging buffer frees up within ``timeout_s``.
+    ``layouts``: where the last save's layout is kept (a manager keeps one).
     """
     encoded = encode_tree(state)
-    layout = plan_layout(encoded.tensors)
-    prefix = encode_header(encoded.tree, layout.specs, meta)
+    plan = (layouts or LayoutCache()).plan(encoded)
+    prefix = plan.prefix(encoded.tree, meta)
     devices = {t.device for t in encoded.tensors if t.is_cuda}
-    buffer = staging.acquire(layout.data_nbytes, pinned=bool(devices), timeout_s=timeout_s)
+    buffer = staging.acquire(plan.data_nbytes, pinned=bool(devices), timeout_s=timeout_s)
     try:
-        _copy_into(buffer, encoded.tensors, layout.specs)
+        _copy_into(buffer, staging.memo(buffer), encoded.tensors, plan, bool(devices))
         for device in devices:
             torch.cuda.synchronize(device)
     except BaseException:
         _settle(devices)
         staging.release(buffer)
         raise
-    return Snapshot(prefix, buffer, layout.data_nbytes, staging)
+    return Snapshot(prefix, buffer, plan.data_nbytes, staging)
+
+
+def prepare(
+    state: object, staging: StagingPool, layouts: LayoutCache, *, skip: bool = False
+) -> Future[None]:
+    """Plans ``state``'s layout now and has its staging buffer allocated and touched.
+
+    The walk runs on the caller's thread (it reads the caller's containers);
+    the allocation and the page faults run on the pool's helper thread
+    (``StagingPool.reserve_async``). The buffer is as large as ``state``'s
+    data section (whole MiB); a CUDA state gets pinned memory. ``skip``
+    (a member that never snapshots): the state is only checked.
+    """
+    encoded = encode_tree(state)
+    if skip:
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+    plan = layouts.plan(encoded)
+    pinned = any(t.is_cuda for t in encoded.tensors)
+    return staging.reserve_async(plan.data_nbytes, pinned=pinned)
 
 
 def _copy_into(
-    buffer: torch.Tensor, tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec]
+    buffer: torch.Tensor,
+    memo: dict[str, object],
+    tensors: Sequence[torch.Tensor],
+    plan: Plan,
+    non_blocking: bool,
 ) -> None:
-    """Each tensor into its slice, padding zeroed so equal states give equal bytes."""
-    end = 0
+    """Each tensor into its slice; padding zeroed so equal states give equal bytes.
+
+    ``memo`` (kept with the buffer by the pool) remembers which plan's padding
+    is zeroed and the views the last ``_foreach_copy_`` wrote through.
+    """
+    base = buffer.data_ptr()
+    if memo.get("zeroed") is not plan:
+        for offset, nbytes in plan.gaps:
+            ctypes.memset(base + offset, 0, nbytes)
+        memo["zeroed"] = plan
     moves: list[_Move] = []
-    with torch.no_grad():
-        for tensor, spec in zip(tensors, specs, strict=True):
-            if spec.offset > end:
-                buffer[end : spec.offset].zero_()
-            end = spec.offset + spec.nbytes
-            if spec.nbytes >= _MEMMOVE_MIN_BYTES and _is_dense_on_cpu(tensor):
-                moves.append((buffer.data_ptr() + spec.offset, tensor.data_ptr(), spec.nbytes))
-            elif spec.nbytes:
-                target = buffer[spec.offset : end].view(spec.dtype).view(spec.shape)
-                target.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
-        _memmove_in_two(moves)
+    others: list[int] = []
+    for index, (tensor, offset, nbytes, raw) in enumerate(
+        zip(tensors, plan.offsets, plan.sizes, plan.raw, strict=True)
+    ):
+        if not nbytes:
+            continue
+        if (
+            raw
+            and tensor.is_cpu
+            and tensor.is_contiguous()
+            and not tensor.is_neg()
+            and (raw == RAW_REAL or not tensor.is_conj())  # only complex tensors conjugate
+        ):
+            # Only bytes the tensor's storage holds: not address 0 (a zero tensor, a freed
+            # storage), not past a storage shrunk under it (checked on the slow path).
+            source, storage = tensor.data_ptr(), tensor.untyped_storage()
+            if source and source + nbytes <= storage.data_ptr() + storage.nbytes():
+                moves.append((base + offset, source, nbytes))
+                continue
+        others.append(index)
+    if others:
+        for index in others:
+            _check_readable(tensors[index], index)
+        with torch.no_grad():
+            torch._foreach_copy_(
+                _views(buffer, memo, plan, tuple(others)),
+                [tensors[i].detach() for i in others],
+                non_blocking=non_blocking,
+            )
+    _memmove_in_two(moves)
+
+
+def _check_readable(tensor: torch.Tensor, index: int) -> None:
+    """Refuses a tensor whose storage does not hold all of it: copying it would crash.
+
+    A storage freed or shrunk under its tensors (``untyped_storage().resize_(0)``,
+    what sharded training does to a parameter between uses) leaves them
+    pointing at nothing. A zero tensor (``torch._efficientzerotensor``) has no
+    memory by design and copies as zeros.
+    """
+    if tensor._is_zerotensor():
+        return
+    end = tensor.storage_offset() + 1  # one past the last element the tensor reads
+    end += sum((n - 1) * stride for n, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    needed, held = end * tensor.element_size(), tensor.untyped_storage().nbytes()
+    if needed > held:
+        raise InvalidArgument(
+            f"state tensor #{index} ({tensor.dtype}, shape {tuple(tensor.shape)}) reaches byte "
+            f"{needed} of a storage of {held} bytes: its storage was freed or shrunk "
+            "(untyped_storage().resize_(), as sharded training does); save it while allocated"
+        )
+
+
+def _views(
+    buffer: torch.Tensor, memo: dict[str, object], plan: Plan, indices: tuple[int, ...]
+) -> list[torch.Tensor]:
+    """Views of ``buffer`` shaped as the tensors at ``indices``, reused while they match."""
+    kept = memo.get("views")
+    if isinstance(kept, tuple) and kept[0] is plan and kept[1] == indices:
+        return kept[2]  # type: ignore[no-any-return]
+    views: list[torch.Tensor] = []
+    for i in indices:
+        spec = plan.specs[i]
+        span = buffer[spec.offset : spec.offset + spec.nbytes]
+        views.append(span.view(spec.dtype).view(spec.shape))
+    memo["views"] = (plan, indices, views)
+    return views
 
 
 # (destination address, source address, bytes)
 _Move = tuple[int, int, int]
-#: Below this much, a second copying thread costs more than it saves.
-_SPLIT_MIN_BYTES = 64 << 20
+#: Below this much, a second copying thread costs more than it saves (on the 2-core build
+#: machine two threads were no slower from 8 MiB on, and 1.2x faster at 8 and 64 MiB).
+_SPLIT_MIN_BYTES = 8 << 20
 _copier: ThreadPoolExecutor | None = None
 _copier_lock = threading.Lock()
 
@@ -311,7 +286,38 @@ def _memmove_in_two(moves: Sequence[_Move]) -> None:
     try:
         _memmove_all(first)
     finally:
-        helper.result()  # never hand back a buffer a copy is still writing
+        _join(helper)  # never hand back a buffer a copy is still writing
+
+
+def _join(helper: Future[None]) -> None:
+    """Waits for the helper's copy even through exceptions raised while waiting.
+
+    A signal handler that raises (Ctrl-C, a preemption handler saving an
+    emergency checkpoint) interrupts the wait; returning then would hand the
+    buffer back while the helper still writes into it: into the next save.
+    The first such exception is raised once the copy is done; the helper's own
+    failure otherwise.
+    """
+    interrupted: BaseException | None = None
+    for _ in range(1_000_000):  # one pass per exception raised while waiting
+        try:
+            helper.exception()
+            break
+        except BaseException as err:  # re-raised below, once the copy is done
+            interrupted = interrupted or err
+    if interrupted is not None:
+        raise interrupted
+    helper.result()
+
+
+def _forget_copier() -> None:
+    """In a forked child the helper thread is gone: the next split starts a new one."""
+    global _copier, _copier_lock
+    _copier, _copier_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_copier)
 
 
 def _split_moves(moves: Sequence[_Move], cut: int) -> tuple[list[_Move], list[_Move]]:
@@ -330,16 +336,6 @@ def _split_moves(moves: Sequence[_Move], cut: int) -> tuple[list[_Move], list[_M
             second.append((destination + head, source + head, nbytes - head))
         done += nbytes
     return first, second
-
-
-def _is_dense_on_cpu(tensor: torch.Tensor) -> bool:
-    """Whether the tensor's value is exactly its ``nbytes`` bytes from ``data_ptr()``."""
-    return (
-        tensor.device.type == "cpu"
-        and tensor.is_contiguous()
-        and not tensor.is_conj()
-        and not tensor.is_neg()
-    )
 
 
 def _settle(devices: set[torch.device]) -> None:
