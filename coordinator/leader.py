@@ -374,27 +374,13 @@ class Coordinator:
 
     # -- requests ----------------------------------------------------------------
     async def register_worker(
-        self,
-        worker_id: str,
-        capacity: float,
-        *,
-        host: str,
-        pid: int,
-        rdzv: tuple[str, int, int] = ("", 0, 0),
+        self, worker_id: str, capacity: float, *, host: str, pid: int
     ) -> tuple[MemberRecord, ClusterView]:
         def seen_now(view: ClusterView) -> None:
             self._liveness[worker_id] = Liveness(self._clock())
 
         view = await self._write(
-            lambda v: plan_register(
-                self.keys,
-                v,
-                worker_id,
-                capacity,
-                host=host,
-                pid=pid,
-                rdzv=rdzv,
-            ),
+            lambda v: plan_register(self.keys, v, worker_id, capacity, host=host, pid=pid),
             on_applied=seen_now,
         )
         return view.members[worker_id], view
