@@ -153,7 +153,13 @@ def test_a_replica_that_cannot_start_fails_start_with_its_reason(
         )
     first_line = str(caught.value).splitlines()[0]
     assert "exited with code 1" in first_line and "--lease-ttl-s" in first_line
-    assert "--lease-ttl-s" in (tmp_path / "replica-0.log").read_text()
+    # Both replicas refuse the flag; the error names whichever exit was seen first,
+    # and that replica's own log must hold the reason.
+    named = re.search(r"\(log: (\S+)\)$", first_line)
+    assert named is not None, first_line
+    log = Path(named.group(1))
+    assert log.parent == tmp_path
+    assert "--lease-ttl-s" in log.read_text()
 
 
 # --- dtr status -------------------------------------------------------------------------
