@@ -26,7 +26,10 @@ resume from) is created again. A key under the election prefix that is not a
 candidate this code wrote is ignored, logged once.
 
 The elector runs on its own thread because ``dtr.store`` is synchronous; the
-asyncio server only reads ``current_term()`` and ``leader()``.
+asyncio server only reads ``current_term()`` and ``leader()``, and hears of a
+new leader through ``add_leader_listener`` (``leader_news.py``), called from
+this thread the moment a re-read of the prefix shows another head, so every
+replica can push the news to its clients (``WatchLeader``).
 """
 
 from __future__ import annotations
@@ -154,6 +157,8 @@ class Elector:
         self._watch: Watch | None = None
         self._watch_ended = threading.Event()
         self._ignored_keys: set[str] = set()
+        self._leader_listeners: list[Callable[[Candidate | None], None]] = []
+        self._head: Candidate | None = None  # the leader the listeners last heard of
         self._keepalives = ThreadPoolExecutor(
             self._max_in_flight, thread_name_prefix="dtr-keepalive"
         )
@@ -190,6 +195,18 @@ class Elector:
                 return None
             return head.address
 
+    def add_leader_listener(self, listener: Callable[[Candidate | None], None]) -> None:
+        """Call ``listener(leader)`` now and whenever the leading candidate changes.
+
+        Called on the elector's thread (or the caller's, for the first call),
+        so it must be quick and thread-safe: the push of ``WatchLeader``
+        hands the news to the event loop and returns.
+        """
+        with self._lock:
+            self._leader_listeners.append(listener)
+            head = self._head
+        listener(head)
+
     def candidates(self) -> list[Candidate]:
         with self._lock:
             return sorted(self._candidates, key=lambda c: c.create_revision)
@@ -221,6 +238,7 @@ class Elector:
         self._keepalives.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             lease_id, self._lease_id, self._term = self._lease_id, None, None
+        self._announce(None)  # held WatchLeader calls move on instead of delaying the stop
         if lease_id is not None:
             try:
                 self._store.revoke_lease(lease_id)
@@ -345,6 +363,20 @@ class Elector:
             self._set_term(Term(head.key, head.create_revision))
         else:
             self._set_term(None)
+        self._announce(head)
+
+    def _announce(self, head: Candidate | None) -> None:
+        """Tell the leader listeners when the head of the prefix changed (outside the lock)."""
+        with self._lock:
+            if head == self._head:
+                return
+            self._head = head
+            listeners = list(self._leader_listeners)
+        for listener in listeners:
+            try:
+                listener(head)
+            except Exception:  # a listener's bug must not end the election
+                _log.exception("election: a leader listener failed")
 
     def _candidate(self, kv: KeyValue) -> Candidate | None:
         """The candidate ``kv`` holds; None (logged once per key) if it holds none."""

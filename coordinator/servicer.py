@@ -27,6 +27,7 @@ from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from . import rendezvous_requests, validation
 from .checkpoints import PartRecord
 from .leader import Coordinator
+from .leader_news import LeaderNews, watch_answer, watch_leader_request
 from .rendezvous import Rendezvous, StateRead
 from .rounds import RoundJoin
 from .state import ClusterView, DatasetRecord, MemberRecord
@@ -109,6 +110,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.replica_id = replica_id
         self.job = coordinator.keys.job
         self.rendezvous = Rendezvous(coordinator)
+        self._leader_news: LeaderNews | None = None  # subscribed on the first WatchLeader
 
     def header(self, view: ClusterView | None = None) -> pb.ResponseHeader:
         leader = self.core.elector.leader()
@@ -362,6 +364,37 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 )
             )
         return response
+
+    # -- leader news -----------------------------------------------------------------
+    async def WatchLeader(
+        self, request: pb.WatchLeaderRequest, context: Any
+    ) -> pb.WatchLeaderResponse:
+        """Hold the call until this replica knows a leader newer than the caller's (leader_news).
+
+        Not wrapped by ``_handler``: a hanging get that every client keeps
+        open would swamp the RPC latency histogram and the traces with its
+        waits. It validates and answers errors the same way.
+        """
+        try:
+            validation.job_of(request.header, self.job)
+            watch = watch_leader_request(request)
+            news = self._news()
+            leader, changed = await news.wait_newer(watch.known_term, watch.wait_s)
+        except DtrError as err:
+            await abort_with(context, err)
+            raise  # abort() raises; this line is never reached
+        except Exception:
+            _log.exception("WatchLeader failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "WatchLeader: internal error")
+            raise
+        return watch_answer(leader, changed, self.header())
+
+    def _news(self) -> LeaderNews:
+        """The replica's leader news, fed by its elector from the first watch on."""
+        if self._leader_news is None:
+            self._leader_news = LeaderNews()
+            self.core.elector.add_leader_listener(self._leader_news.publish)
+        return self._leader_news
 
     # -- torchrun rendezvous -------------------------------------------------------
     @_handler

@@ -16,12 +16,23 @@ gRPC status code:
   answer, and retrying would only hammer the coordinator with a bad token.
 
 gRPC's own retry configuration stays off: retries in two layers multiply.
+
+A retry that waits for a new leader need not sleep out its backoff
+(issue 18): given a ``LeaderSignal`` (``wakeup``), ``call_with_retry`` waits
+on it instead, so news of a leader (a ``WatchLeader`` answer, or an answer
+with a newer term, ``worker/client.py``) starts the next attempt within
+``NEWS_SPREAD_S``, and the backoff starts again from ``initial_backoff_s``
+after each piece of news, so an attempt that raced the new leader's own
+takeover is not followed by a two-second sleep.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -108,6 +119,77 @@ class RetryPolicy:
         return replace(self, deadline_s=deadline_s, max_backoff_s=cap)
 
 
+#: A retry woken by news waits a random moment up to this long (or its first
+#: backoff, if shorter) before it goes: every worker of a job hears the news at
+#: once, and a new leader rebuilding its view from etcd answers a fleet arriving
+#: over 50 ms sooner than the same fleet arriving in one instant.
+NEWS_SPREAD_S = 0.05
+
+
+class LeaderSignal:
+    """News of the leader, counted: retries wait on it instead of sleeping out a backoff.
+
+    ``announce`` (a watcher thread, or a call that saw a newer term) bumps the
+    count and wakes every waiter; ``wait(since, timeout_s)`` returns as soon
+    as the count passed ``since``. A count, not an event to clear, so no
+    waiter misses news that arrived between reading the count and waiting.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._version = 0
+        self._waiting = 0
+
+    @property
+    def version(self) -> int:
+        with self._changed:
+            return self._version
+
+    @property
+    def waiting(self) -> int:
+        """How many threads wait right now (tests wait for a retry to be asleep)."""
+        with self._changed:
+            return self._waiting
+
+    def announce(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def wait(self, since: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for news after ``since``; True when there was some."""
+        with self._changed:
+            self._waiting += 1
+            try:
+                return self._changed.wait_for(lambda: self._version > since, max(0.0, timeout_s))
+            finally:
+                self._waiting -= 1
+
+
+def _jitter(high: float) -> float:
+    """Full jitter: a uniform pick in [0, high] (a seam for tests that pin the backoff)."""
+    return random.uniform(0.0, high)
+
+
+class _NewsBackoff:
+    """Exponential backoff with full jitter whose exponent restarts after each piece of news."""
+
+    def __init__(self, policy: RetryPolicy, signal: LeaderSignal) -> None:
+        self._policy = policy
+        self._signal = signal
+        self._version = signal.version
+        self._first_attempt = 1  # the attempt the exponent counts from
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        version = self._signal.version
+        if version != self._version:  # news since the last failure: start small again
+            self._version, self._first_attempt = version, state.attempt_number
+        exponent = state.attempt_number - self._first_attempt
+        high = min(self._policy.max_backoff_s, self._policy.initial_backoff_s * 2.0**exponent)
+        return _jitter(high)
+
+
 def call_with_retry(
     call: Callable[[], _T],
     *,
@@ -115,6 +197,7 @@ def call_with_retry(
     policy: RetryPolicy | None = None,
     logger: logging.Logger = _log,
     sleep: Callable[[float], None] | None = None,
+    wakeup: LeaderSignal | None = None,
 ) -> _T:
     """Run ``call`` until it succeeds, fails for good, or the deadline passes.
 
@@ -122,13 +205,31 @@ def call_with_retry(
     ``dtr.errors`` type); a retryable error still failing at the deadline
     means no coordinator could be reached in time. ``sleep`` replaces
     ``time.sleep`` between attempts, for a background loop that must wake up
-    when it is told to stop (``threading.Event.wait``).
+    when it is told to stop (``threading.Event.wait``). ``wakeup`` makes each
+    wait end early on news of the leader that arrived since the failed
+    attempt began (see the module docstring); it excludes ``sleep``.
     """
-    retrying = tenacity.Retrying(
-        **_tenacity_options(policy or RetryPolicy(), operation, logger),
-        sleep=sleep if sleep is not None else tenacity.nap.sleep,
-    )
-    return retrying(call)
+    policy = policy or RetryPolicy()
+    options = _tenacity_options(policy, operation, logger)
+    if wakeup is None:
+        retrying = tenacity.Retrying(
+            **options, sleep=sleep if sleep is not None else tenacity.nap.sleep
+        )
+        return retrying(call)
+    if sleep is not None:
+        raise InvalidArgument("call_with_retry: give sleep or wakeup, not both")
+    began = [wakeup.version]  # the news count when the latest attempt began
+
+    def attempt() -> _T:
+        began[0] = wakeup.version
+        return call()
+
+    def nap(seconds: float) -> None:
+        if wakeup.wait(began[0], seconds):  # news: go, the fleet spread over a moment
+            time.sleep(_jitter(min(seconds, policy.initial_backoff_s, NEWS_SPREAD_S)))
+
+    options["wait"] = _NewsBackoff(policy, wakeup)
+    return tenacity.Retrying(**options, sleep=nap)(attempt)
 
 
 async def retry_async(

@@ -14,6 +14,19 @@ none); an UNAVAILABLE or timed-out attempt forgets a cached leader it was
 aimed at. Errors leave as ``dtr.errors`` types (``rpc_errors``), never as
 ``grpc.RpcError``.
 
+Leader changes are pushed, not polled (issue 18). From its first call on, the
+client keeps one ``WatchLeader`` call open to one replica (``leader_watch.py``).
+News of a newer term — from that watch, or from any answer's header — aims
+the next attempt at the new leader, closes the channel to any other replica
+holding one of the client's mutating calls (a frozen or deposed leader's long
+poll would otherwise run to its end; the heartbeat stream beside it moves
+too), so those calls are sent again at once, and wakes every retry sleeping
+in its backoff (``dtr.retry.LeaderSignal``). Calls stay plain blocking calls (a
+cancellable future per call costs a thread hop on every call). For a moment after such news, a
+NOT-LEADER answer from the announced leader (it is still taking over) keeps
+it as the target instead of following its stale hint. ``leader_watch=False``
+(or ``DTR_LEADER_WATCH=0``) turns all of this off, for comparisons.
+
 A hint is followed only where it cannot hand the caller's bearer token (or
 its requests) to an address nobody vouched for (``hint_allowed``): an address
 in the configured list, or one that a configured name resolves to (a headless
@@ -34,6 +47,7 @@ Thread-safe: the training thread and the heartbeat thread share one client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -41,7 +55,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -52,7 +66,14 @@ from dtr.keys import validate_name
 from dtr.proto import LEADER_METADATA_KEY
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
-from dtr.retry import RetryPolicy, call_with_retry, is_not_leader, status_code, trailing_metadata
+from dtr.retry import (
+    LeaderSignal,
+    RetryPolicy,
+    call_with_retry,
+    is_not_leader,
+    status_code,
+    trailing_metadata,
+)
 from dtr.security import (
     ENV_TOKEN_FILE,
     ClientSecurity,
@@ -61,6 +82,7 @@ from dtr.security import (
     read_token_file,
 )
 
+from .leader_watch import LeaderWatch
 from .metrics import WorkerMetrics
 from .rpc_errors import error_from_rpc
 
@@ -79,6 +101,47 @@ CHANNEL_OPTIONS = (
 AnswerListener = Callable[[str, str, pb.ResponseHeader, bool], None]
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):(?P<port>\d+)$")
 _FORGET_LEADER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: ``DTR_LEADER_WATCH=0`` turns the pushed leader news off (benchmarks/failover_seen.py).
+ENV_LEADER_WATCH = "DTR_LEADER_WATCH"
+#: How long after news of a leader its own NOT-LEADER answers are taken for
+#: "still taking over" rather than followed to the (stale) hint they carry.
+NEWS_PIN_S = 1.0
+
+
+def leader_watch_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``DTR_LEADER_WATCH`` leaves the pushed leader news on (the default)."""
+    raw = (os.environ if environ is None else environ).get(ENV_LEADER_WATCH, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"{ENV_LEADER_WATCH}={raw!r}: expected 1 or 0")
+
+
+class _Abandoned(grpc.RpcError):
+    """A mutating call given up on a replica that no longer serves it; retried (UNAVAILABLE).
+
+    Either news named another leader and the client closed the channel the
+    call was on, or the replica cancelled it itself (CANCELLED: a replica
+    stopping cancels what it holds when its grace ends). Every mutating call
+    is idempotent, so sending it again is safe either way; a read is sent
+    again only in the first case.
+    """
+
+    def __init__(self, address: str, *, by_replica: bool = False) -> None:
+        super().__init__(address)
+        self.by_replica = by_replica
+        why = "cancelled the call (stopping)" if by_replica else "no longer leads"
+        self._details = f"{address} {why}; the call is sent again to the leader"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[Any, ...]:
+        return ()
 
 
 def parse_coordinators(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -165,11 +228,15 @@ class CoordinatorClient:
         attempt_timeout_s: float = 5.0,
         security: ClientSecurity | None = None,
         metrics: WorkerMetrics | None = None,
+        leader_watch: bool | None = None,
     ) -> None:
         """Validate everything and dial nothing yet (channels connect on first use).
 
         ``security`` (TLS credentials and a token, ``dtr.security.client_security``)
         applies to every channel, hinted leaders' included; None is plaintext.
+        ``leader_watch`` (default ``$DTR_LEADER_WATCH``, else on): keep the
+        pushed leader news (see the module docstring); it starts with the
+        first ``call``.
         """
         self.addresses = parse_coordinators(coordinators)
         self.job = validate_name("job", job)
@@ -187,6 +254,15 @@ class CoordinatorClient:
         self._next = 0
         self._hint_verdicts: dict[str, bool] = {}  # hint -> allowed, decided once
         self._closed = False
+        self.leader_watch = leader_watch_from_env() if leader_watch is None else leader_watch
+        #: Counted news of the leader; retries wait on it (None: the push is off).
+        self.news: LeaderSignal | None = LeaderSignal() if self.leader_watch else None
+        self._watch: LeaderWatch | None = None
+        self._news_leader: str | None = None  # the leader the latest news named
+        self._news_at = float("-inf")
+        self._news_count = 0  # pieces of news that named a leader
+        self._in_flight: dict[str, int] = {}  # address -> mutating calls in flight there
+        self._drops: dict[str, int] = {}  # address -> channels to it closed by news
         #: The largest term and generation any answer carried.
         self.term = 0
         self.generation = 0
@@ -242,23 +318,96 @@ class CoordinatorClient:
         return verdict
 
     def note_answer(self, address: str, header: pb.ResponseHeader, *, accepted_write: bool) -> None:
-        """Learn from an answer: the leader, and the newest term and generation."""
+        """Learn from an answer: the leader, and the newest term and generation.
+
+        With the push on, an answer carrying a newer term is news like a
+        ``WatchLeader`` answer (``_news_locked``): other threads' retries wake.
+        """
         hint = header.leader_address
         allowed = bool(hint) and not header.is_leader and self.followable(hint)
         with self._lock:
             self.last_answer_at = time.monotonic()
+            newer = self.news is not None and header.term > self.term
+            # With the push on, a late answer of an older term (the old leader
+            # answering a call sent before the news) does not undo the news.
+            older = self.news is not None and 0 < header.term < self.term
             self.term = max(self.term, header.term)
             self.generation = max(self.generation, header.generation)
-            if accepted_write or header.is_leader:
+            if (accepted_write or header.is_leader) and not older:
                 self._leader = address
-            elif allowed and self._leader is None:
+            elif allowed and (self._leader is None or newer):
                 self._leader = hint
+            closing = self._news_locked(self._leader) if newer else []
+        self._spread(closing, newer)
+
+    def note_news(self, replica: str, response: pb.WatchLeaderResponse) -> None:
+        """A ``WatchLeader`` answer from ``replica``: a newer term re-aims and wakes retries."""
+        del replica  # any replica may tell who leads; the hint rule decides whether to follow
+        if self.news is None or not response.HasField("leader"):
+            return
+        leader = response.leader
+        allowed = bool(leader.address) and self.followable(leader.address)
+        with self._lock:
+            newer = leader.term > self.term
+            self.term = max(self.term, leader.term)
+            if allowed and (newer or self._leader is None):
+                self._leader = leader.address
+            closing = self._news_locked(leader.address) if newer and allowed else []
+        self._spread(closing, newer)
+
+    def _news_locked(self, leader: str | None) -> list[grpc.Channel]:
+        """Record news of ``leader`` (lock held); the channels to close, now taken out.
+
+        Those are the channels to any other replica holding one of this
+        client's mutating calls: closing one ends every call on it at once (a
+        frozen or deposed leader's long poll, and the heartbeat stream beside
+        it), and the next call dials afresh. Cheaper than making every call
+        cancellable. A channel with no call held is left alone: a replica
+        that stopped leading ends its streams itself, and closing them all at
+        once would send every stream to the new leader in the same instant
+        as it takes over.
+        """
+        if leader is None:
+            return []
+        self._news_leader, self._news_at = leader, time.monotonic()
+        self._news_count += 1
+        stale = sorted(a for a, n in self._in_flight.items() if n > 0 and a != leader)
+        closing = []
+        for address in stale:
+            channel = self._channels.pop(address, None)
+            self._stubs.pop(address, None)
+            if channel is not None:
+                self._drops[address] = self._drops.get(address, 0) + 1
+                closing.append(channel)
+        return closing
+
+    def _spread(self, closing: list[grpc.Channel], newer: bool) -> None:
+        """Wake sleeping retries, then close ``closing`` (their calls are re-sent); lock free.
+
+        Waking first: a retry aims at the new leader at once, while closing a
+        channel can take milliseconds (it ends the calls on it).
+        """
+        if newer and self.news is not None:
+            self.news.announce()
+        for channel in closing:
+            channel.close()
 
     def note_failure(self, address: str, err: BaseException) -> None:
-        """Re-aim after a failed attempt: follow an allowed hint, or move to the next replica."""
+        """Re-aim after a failed attempt: follow an allowed hint, or move to the next replica.
+
+        With the push on, a refusal from a replica other than the leader the
+        client follows now (a call, or the heartbeat stream, aimed at the old
+        leader before the news came) changes nothing: the news is newer than
+        the hint of a replica that stopped leading.
+        """
         hint = trailing_metadata(err).get(LEADER_METADATA_KEY) if is_not_leader(err) else None
         allowed = bool(hint) and self.followable(hint or "")
         with self._lock:
+            if is_not_leader(err) and self._taking_over(address):
+                self._leader = address  # announced, not yet serving: its hint is stale
+                return
+            if self.news is not None and self._leader not in (None, address):
+                return  # an attempt aimed elsewhere before the leader was learnt
             if is_not_leader(err):
                 self._leader = hint if allowed else None
                 if self._leader == address:  # a replica naming itself while refusing: move on
@@ -270,6 +419,10 @@ class CoordinatorClient:
                 return
             if address in self.addresses:
                 self._next = self.addresses.index(address) + 1
+
+    def _taking_over(self, address: str) -> bool:
+        """``address`` was announced as the leader moments ago (lock held)."""
+        return address == self._news_leader and time.monotonic() - self._news_at < NEWS_PIN_S
 
     # -- calls ------------------------------------------------------------------
     def header(self, request_id: str) -> pb.RequestHeader:
@@ -298,17 +451,33 @@ class CoordinatorClient:
         per_attempt = attempt_timeout_s or self.attempt_timeout_s
         deadline = time.monotonic() + policy.deadline_s
         request_id = uuid.uuid4().hex
+        self._start_watch()
 
         def attempt() -> Any:
-            address = self.target()
+            with self._lock:
+                address = self._leader or self.addresses[self._next % len(self.addresses)]
+                news_seen, drops_seen = self._news_count, self._drops.get(address, 0)
             request = build()
             request.header.CopyFrom(self.header(request_id))
             timeout = max(0.05, min(per_attempt, deadline - time.monotonic()))
             rpc = getattr(self.stub(address), method)
             started, code = time.perf_counter(), "OK"
             try:
-                with tracing.client_span(method) as metadata:
-                    response = rpc(request, timeout=timeout, metadata=metadata or None)
+                with tracing.client_span(method) as metadata, self._held(address, mutating):
+                    if mutating and self._stale_aim(address, news_seen):
+                        raise _Abandoned(address)  # news came since it was chosen: not sent
+                    try:
+                        response = rpc(request, timeout=timeout, metadata=metadata or None)
+                    except (grpc.RpcError, ValueError) as err:  # ValueError: a closed channel
+                        again = self._abandoned(address, err, drops_seen, mutating=mutating)
+                        if again is None:
+                            raise
+                        raise again from err
+            except _Abandoned as err:
+                code = "CANCELLED"
+                if err.by_replica:
+                    self.note_failure(address, err)  # UNAVAILABLE: forget it, try the next
+                raise
             except grpc.RpcError as err:
                 code = getattr(status_code(err), "name", "UNKNOWN")
                 self.note_failure(address, err)
@@ -321,14 +490,68 @@ class CoordinatorClient:
             return response
 
         try:
-            return call_with_retry(attempt, operation=operation, policy=policy, logger=_log)
+            return call_with_retry(
+                attempt, operation=operation, policy=policy, logger=_log, wakeup=self.news
+            )
         except grpc.RpcError as err:
             raise error_from_rpc(err, operation) from err
 
+    @contextlib.contextmanager
+    def _held(self, address: str, mutating: bool) -> Iterator[None]:
+        """Count a mutating call in flight at ``address`` (news closes its channel)."""
+        if not mutating or self.news is None:
+            yield
+            return
+        with self._lock:
+            self._in_flight[address] = self._in_flight.get(address, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[address] -= 1
+
+    def _stale_aim(self, address: str, news_seen: int) -> bool:
+        """News named another leader since ``address`` was chosen (the call is not sent)."""
+        with self._lock:
+            return self._news_count != news_seen and self._news_leader not in (None, address)
+
+    def _abandoned(
+        self, address: str, err: Exception, drops_seen: int, *, mutating: bool
+    ) -> _Abandoned | None:
+        """The ``_Abandoned`` to raise instead of ``err`` where sending again is right, else None.
+
+        A call on a channel that news closed meanwhile (CANCELLED, or the
+        ValueError of a channel closed before the call began) was abandoned
+        by this client; a mutating call CANCELLED otherwise was given up by
+        the replica (it is stopping). Anything else stays ``err``.
+        """
+        with self._lock:
+            dropped = self._drops.get(address, 0) != drops_seen
+        cancelled = isinstance(err, ValueError) or status_code(err) == grpc.StatusCode.CANCELLED
+        if cancelled and dropped and self.news is not None:
+            return _Abandoned(address)
+        if cancelled and mutating and self.news is not None and not self._closed:
+            return _Abandoned(address, by_replica=True)
+        return None
+
+    def _start_watch(self) -> None:
+        """Start the leader watch with the first call (a client never called dials nothing)."""
+        if self._watch is not None or self.news is None:
+            return
+        with self._lock:
+            if self._watch is not None or self._closed:
+                return
+            self._watch = LeaderWatch(self)
+        self._watch.start()
+
     def close(self) -> None:
-        """Close every channel; later calls raise ``InvalidArgument``."""
+        """Stop the leader watch and close every channel; later calls raise ``InvalidArgument``."""
         with self._lock:
             self._closed = True
+            watch = self._watch
+        if watch is not None:
+            watch.stop()
+        with self._lock:
             channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
         for channel in channels:
             channel.close()

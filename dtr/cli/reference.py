@@ -55,6 +55,21 @@ WORKER_VARIABLES = (
         "`Worker(metrics_port=)`",
         "the address the worker's metrics bind (default `127.0.0.1`)",
     ),
+    (
+        "DTR_LEADER_WATCH",
+        "`CoordinatorClient(leader_watch=)`",
+        "`0`: no pushed leader news (`WatchLeader`); retries sleep out their backoff",
+    ),
+    (
+        "DTR_JOIN_ROUND",
+        "`Worker()` under torchrun",
+        "`0`: register on its own, not as rank R of the rendezvous round",
+    ),
+    (
+        "DTR_ROUND_JOIN_TIMEOUT_S",
+        "`Worker()` under torchrun",
+        "how long a rank waits for its round's other ranks (`RoundIncomplete` after)",
+    ),
     ("DTR_S3_ENDPOINT", "`open_storage(endpoint_url=)`", "the S3 endpoint for `s3://` URIs"),
     ("DTR_ETCD_BIN", "every command starting etcd", "the etcd binary to run"),
     ("DTR_DEBUG", "every command", "`1`: tracebacks for errors"),

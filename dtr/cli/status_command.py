@@ -10,7 +10,9 @@ follower's answer only if the leader does not reply.
 
 When no replica answers, the error is one line listing what each said.
 ``--watch S`` asks again every S seconds until Ctrl-C, showing a failed ask
-instead of exiting (a failover is when one watches).
+instead of exiting (a failover is when one watches), and at once when a
+replica announces a new leader (``WatchLeader``, the push workers use too):
+the redraw then starts with a ``leader changed`` line.
 gRPC and the etcd client are imported inside the functions that use them.
 """
 
@@ -24,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dtr.errors import CoordinatorUnavailable, DtrError, InvalidArgument, StoreError
 
@@ -188,23 +190,141 @@ def _status_text(args: argparse.Namespace, coordinators: list[str], etcd: str | 
     return json.dumps(status, indent=2) if args.json else render_status(status)
 
 
+class _Stop(threading.Event):
+    """The stop signal's event, which also wakes the redraw wait (``signals_set`` sets it)."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake.set()
+
+
 def _watch(args: argparse.Namespace, coordinators: list[str], etcd: str | None) -> int:
     """Redraw every ``--watch`` seconds until Ctrl-C or SIGTERM; a failed ask is shown, not fatal.
 
-    A watch is most useful during a failover, exactly when an ask can fail.
+    A watch is most useful during a failover, exactly when an ask can fail;
+    news of a new leader redraws at once.
     """
-    stop = threading.Event()
+    wake = threading.Event()
+    stop = _Stop(wake)
     clear = "\x1b[H\x1b[J" if sys.stdout.isatty() and not args.json else ""
-    with signals_set(stop):
-        while not stop.is_set():
-            try:
-                text = _status_text(args, coordinators, etcd)
-            except DtrError as err:
-                text = f"dtr status: {err}"
-            stamp = time.strftime("%H:%M:%S")
-            print(f"{clear}{text}" if args.json else f"{clear}[{stamp}] {text}", flush=True)
-            stop.wait(args.watch)
+    news = _leader_news(args, coordinators, etcd, wake)
+    try:
+        with signals_set(stop):
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    text = _status_text(args, coordinators, etcd)
+                except DtrError as err:
+                    text = f"dtr status: {err}"
+                stamp = time.strftime("%H:%M:%S")
+                changed = news.take_change() if news is not None else None
+                if changed and not args.json:
+                    text = f"leader changed: {changed}\n{text}"
+                print(f"{clear}{text}" if args.json else f"{clear}[{stamp}] {text}", flush=True)
+                wake.wait(args.watch)
+    finally:
+        if news is not None:
+            news.close()
     return 0
+
+
+def _leader_news(
+    args: argparse.Namespace, coordinators: list[str], etcd: str | None, wake: threading.Event
+) -> _LeaderNewsFeed | None:
+    """The leader watch of ``--watch`` (None when the replicas cannot be listed now)."""
+    if etcd is None:
+        return _LeaderNewsFeed(coordinators, args.job or "", _security(args), wake)
+    try:
+        addresses = replicas_from_etcd(etcd, args.job or DEFAULT_JOB, args.timeout_s, args)
+    except DtrError as err:
+        _log.info("no leader news: %s; redrawing every %g s only", err, args.watch)
+        return None
+    return _LeaderNewsFeed(addresses, args.job or DEFAULT_JOB, _security(args), wake)
+
+
+class _LeaderNewsFeed:
+    """A ``dtr.worker.leader_watch.LeaderWatch`` client of its own: news sets ``wake``.
+
+    It only triggers a redraw (the redraw asks ``ClusterStatus`` as always),
+    so the announced address is never dialled from here.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        job: str,
+        security: ClientSecurity,
+        wake: threading.Event,
+    ) -> None:
+        from dtr.worker.client import CHANNEL_OPTIONS
+        from dtr.worker.leader_watch import LeaderWatch
+
+        self.addresses = tuple(addresses)
+        self.caller_id = _CALLER_ID
+        self.term = 0
+        self.leader_address: str | None = None
+        self._job = job
+        self._security = security
+        self._options = CHANNEL_OPTIONS
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, Any] = {}
+        self._change: str | None = None
+        self._closed = False
+        self._watch = LeaderWatch(self)
+        self._watch.start()
+
+    def stub(self, address: str) -> Any:
+        from dtr.proto import coordinator_pb2_grpc
+
+        with self._lock:
+            if self._closed:
+                raise InvalidArgument("the leader news of dtr status is closed")
+            if address not in self._stubs:
+                channel = self._security.channel(address, options=self._options)
+                self._channels[address] = channel
+                self._stubs[address] = coordinator_pb2_grpc.CoordinatorStub(channel)
+            return self._stubs[address]
+
+    def header(self, request_id: str) -> Any:
+        from dtr.proto import coordinator_pb2
+
+        return coordinator_pb2.RequestHeader(
+            job=self._job, caller_id=_CALLER_ID, client_request_id=request_id
+        )
+
+    def note_news(self, replica: str, response: Any) -> None:
+        """A newer term than the last one seen: remember the line and wake the redraw."""
+        del replica
+        if not response.HasField("leader") or response.leader.term <= self.term:
+            return
+        first = self.term == 0
+        leader = response.leader
+        self.term, self.leader_address = leader.term, leader.address
+        if first:  # what was leading when the watch began is not a change
+            return
+        with self._lock:
+            self._change = f"{leader.id} at {leader.address} (term {leader.term})"
+        self._wake.set()
+
+    def take_change(self) -> str | None:
+        with self._lock:
+            change, self._change = self._change, None
+            return change
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._watch.stop()
+        with self._lock:
+            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            channel.close()
 
 
 def resolve_target(

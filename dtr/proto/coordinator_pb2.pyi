@@ -425,6 +425,26 @@ class GetLatestCheckpointResponse(_message.Message):
     parts: _containers.RepeatedCompositeFieldContainer[WorkerCheckpointPart]
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., has_checkpoint: _Optional[bool] = ..., step: _Optional[int] = ..., generation: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[WorkerCheckpointPart, _Mapping]]] = ...) -> None: ...
 
+class WatchLeaderRequest(_message.Message):
+    __slots__ = ("header", "known_term", "wait_s")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_TERM_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    known_term: int
+    wait_s: float
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., known_term: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class WatchLeaderResponse(_message.Message):
+    __slots__ = ("header", "leader", "changed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    leader: LeaderInfo
+    changed: bool
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., leader: _Optional[_Union[LeaderInfo, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
 class ClusterStatusRequest(_message.Message):
     __slots__ = ("header",)
     HEADER_FIELD_NUMBER: _ClassVar[int]

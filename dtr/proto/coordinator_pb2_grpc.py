@@ -86,6 +86,11 @@ class CoordinatorStub:
                 request_serializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.WatchLeader = channel.unary_unary(
+                '/dtr.v1.Coordinator/WatchLeader',
+                request_serializer=dtr_dot_proto_dot_coordinator__pb2.WatchLeaderRequest.SerializeToString,
+                response_deserializer=dtr_dot_proto_dot_coordinator__pb2.WatchLeaderResponse.FromString,
+                _registered_method=True)
         self.GetRendezvousState = channel.unary_unary(
                 '/dtr.v1.Coordinator/GetRendezvousState',
                 request_serializer=dtr_dot_proto_dot_coordinator__pb2.GetRendezvousStateRequest.SerializeToString,
@@ -215,6 +220,21 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchLeader(self, request, context):
+        """Who leads, pushed as soon as the answering replica knows (a hanging get).
+        Any replica answers it, from its own election watch: at once when the
+        leader it knows has a term greater than known_term, else as soon as it
+        learns of such a leader, else after wait_s with what it knows. A client
+        keeps one such call open to one replica (re-sent after every answer) and
+        moves on to another when that replica stops answering; its retries wake
+        on the news instead of sleeping out their backoff, and a mutating call
+        held by a replica that no longer leads is abandoned and sent again to the
+        new leader (docs/failure-semantics.md). Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRendezvousState(self, request, context):
         """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
         One job may hold many rendezvous, each named by torchrun's --rdzv-id; each
@@ -314,6 +334,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusRequest.FromString,
                     response_serializer=dtr_dot_proto_dot_coordinator__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'WatchLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.WatchLeader,
+                    request_deserializer=dtr_dot_proto_dot_coordinator__pb2.WatchLeaderRequest.FromString,
+                    response_serializer=dtr_dot_proto_dot_coordinator__pb2.WatchLeaderResponse.SerializeToString,
             ),
             'GetRendezvousState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRendezvousState,
@@ -613,6 +638,33 @@ class Coordinator:
             '/dtr.v1.Coordinator/ClusterStatus',
             dtr_dot_proto_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
             dtr_dot_proto_dot_coordinator__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtr.v1.Coordinator/WatchLeader',
+            dtr_dot_proto_dot_coordinator__pb2.WatchLeaderRequest.SerializeToString,
+            dtr_dot_proto_dot_coordinator__pb2.WatchLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,

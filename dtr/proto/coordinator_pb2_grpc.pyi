@@ -41,9 +41,9 @@ idempotent (keys below) so such a retry is always safe, even when the first
 attempt's outcome is unknown. Mutating calls: RegisterWorker, Heartbeat,
 HeartbeatStream, Deregister, RegisterDataset, Barrier, CommitCheckpoint,
 and every rendezvous call (leader-only, reads included).
-Read-only calls (GetShards, GetLatestCheckpoint, ClusterStatus) may be
-answered by any replica from etcd; ResponseHeader.is_leader says which kind
-answered.
+Read-only calls (GetShards, GetLatestCheckpoint, ClusterStatus,
+WatchLeader) may be answered by any replica from etcd;
+ResponseHeader.is_leader says which kind answered.
 
 Invalid input is answered with INVALID_ARGUMENT and a message that names
 the field, e.g. "barrier.name: must not be empty" (DESIGN §8).
@@ -142,6 +142,17 @@ class CoordinatorStub:
     """Everything `dtr status` shows; the response mirrors `dtr status --json`
     (DESIGN §3). Read-only.
     """
+    WatchLeader: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.WatchLeaderRequest, _coordinator_pb2.WatchLeaderResponse]
+    """Who leads, pushed as soon as the answering replica knows (a hanging get).
+    Any replica answers it, from its own election watch: at once when the
+    leader it knows has a term greater than known_term, else as soon as it
+    learns of such a leader, else after wait_s with what it knows. A client
+    keeps one such call open to one replica (re-sent after every answer) and
+    moves on to another when that replica stops answering; its retries wake
+    on the news instead of sleeping out their backoff, and a mutating call
+    held by a replica that no longer leads is abandoned and sent again to the
+    new leader (docs/failure-semantics.md). Read-only.
+    """
     GetRendezvousState: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetRendezvousStateRequest, _coordinator_pb2.GetRendezvousStateResponse]
     """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
     One job may hold many rendezvous, each named by torchrun's --rdzv-id; each
@@ -232,6 +243,17 @@ class CoordinatorAsyncStub(CoordinatorStub):
     ClusterStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ClusterStatusRequest, _coordinator_pb2.ClusterStatusResponse]  # type: ignore[assignment]
     """Everything `dtr status` shows; the response mirrors `dtr status --json`
     (DESIGN §3). Read-only.
+    """
+    WatchLeader: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.WatchLeaderRequest, _coordinator_pb2.WatchLeaderResponse]  # type: ignore[assignment]
+    """Who leads, pushed as soon as the answering replica knows (a hanging get).
+    Any replica answers it, from its own election watch: at once when the
+    leader it knows has a term greater than known_term, else as soon as it
+    learns of such a leader, else after wait_s with what it knows. A client
+    keeps one such call open to one replica (re-sent after every answer) and
+    moves on to another when that replica stops answering; its retries wake
+    on the news instead of sleeping out their backoff, and a mutating call
+    held by a replica that no longer leads is abandoned and sent again to the
+    new leader (docs/failure-semantics.md). Read-only.
     """
     GetRendezvousState: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetRendezvousStateRequest, _coordinator_pb2.GetRendezvousStateResponse]  # type: ignore[assignment]
     """torchrun rendezvous (`torchrun --rdzv-backend=dtr`, dtr.worker.rendezvous).
@@ -380,6 +402,23 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.ClusterStatusResponse, _abc.Awaitable[_coordinator_pb2.ClusterStatusResponse]]:
         """Everything `dtr status` shows; the response mirrors `dtr status --json`
         (DESIGN §3). Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchLeader(
+        self,
+        request: _coordinator_pb2.WatchLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.WatchLeaderResponse, _abc.Awaitable[_coordinator_pb2.WatchLeaderResponse]]:
+        """Who leads, pushed as soon as the answering replica knows (a hanging get).
+        Any replica answers it, from its own election watch: at once when the
+        leader it knows has a term greater than known_term, else as soon as it
+        learns of such a leader, else after wait_s with what it knows. A client
+        keeps one such call open to one replica (re-sent after every answer) and
+        moves on to another when that replica stops answering; its retries wake
+        on the news instead of sleeping out their backoff, and a mutating call
+        held by a replica that no longer leads is abandoned and sent again to the
+        new leader (docs/failure-semantics.md). Read-only.
         """
 
     @_abc_1.abstractmethod
