@@ -153,6 +153,18 @@ class SimClient:
         self.routing.close()
 
 
+def register_request(worker_id: str) -> Callable[[], pb.RegisterWorkerRequest]:
+    """The builder of a bare registration of ``worker_id`` (this process, capacity 1)."""
+    return functools.partial(
+        pb.RegisterWorkerRequest,
+        worker_id=worker_id,
+        capacity=1.0,
+        host="loopback",
+        pid=os.getpid(),
+        client_version="dtr-sim",
+    )
+
+
 async def register_workers(client: SimClient, worker_ids: Sequence[str]) -> int:
     """Register every id at once (tests and benchmarks); the generation once all are members.
 
@@ -163,14 +175,7 @@ async def register_workers(client: SimClient, worker_ids: Sequence[str]) -> int:
         *(
             client.call(
                 "RegisterWorker",
-                functools.partial(
-                    pb.RegisterWorkerRequest,
-                    worker_id=worker_id,
-                    capacity=1.0,
-                    host="loopback",
-                    pid=os.getpid(),
-                    client_version="dtr-sim",
-                ),
+                register_request(worker_id),
                 caller=worker_id,
                 operation=f"register {worker_id}",
                 mutating=True,

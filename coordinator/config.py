@@ -23,6 +23,7 @@ from dtr.security import TlsFiles, load_tls, read_token_table
 from dtr.store import parse_endpoints
 
 from .commit_batches import MAX_COMMITS_PER_TXN as MAX_BATCH
+from .registrations import MAX_REGISTER_BATCH
 
 ETCD_MIN_TTL_S = 2  # etcd refuses or rounds up anything shorter
 #: One etcd read or write unless configured: a slow etcd (fsync stalls, a busy
@@ -90,6 +91,8 @@ class CoordinatorConfig:
       quarter of this many releases (coordinator/barrier_retention.py).
     - ``commit_batch_max``: checkpoint commits per etcd transaction, 1-40
       (``coordinator/commit_batches.py``); 1 writes each alone, for comparisons.
+    - ``register_batch_max``: worker registrations per etcd transaction, 1-100
+      (``coordinator/registrations.py``); 1 writes each alone, for comparisons.
     - ``rendezvous_idle_ttl_s``: a torchrun rendezvous's keys expire this
       long after its last call, so a reused ``--rdzv-id`` starts a fresh round
       (``coordinator/rendezvous.py``).
@@ -125,6 +128,7 @@ class CoordinatorConfig:
     keep_checkpoints: int = 3
     keep_barriers: int = 256
     commit_batch_max: int = MAX_BATCH
+    register_batch_max: int = MAX_REGISTER_BATCH
     rendezvous_idle_ttl_s: int = 60
     metrics_port: int | None = None
     log_format: str = "text"
@@ -184,6 +188,15 @@ class CoordinatorConfig:
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
             raise InvalidArgument(
                 f"commit_batch_max must be an integer in [1, {MAX_BATCH}]; got {batch!r}"
+            )
+        batch = self.register_batch_max
+        if (
+            isinstance(batch, bool)
+            or not isinstance(batch, int)
+            or not 1 <= batch <= MAX_REGISTER_BATCH
+        ):
+            raise InvalidArgument(
+                f"register_batch_max must be an integer in [1, {MAX_REGISTER_BATCH}]; got {batch!r}"
             )
         if isinstance(self.keep_barriers, bool) or not isinstance(self.keep_barriers, int):
             raise InvalidArgument(f"keep_barriers must be an integer; got {self.keep_barriers!r}")

@@ -159,6 +159,7 @@ class Elector:
         self._ignored_keys: set[str] = set()
         self._leader_listeners: list[Callable[[Candidate | None], None]] = []
         self._head: Candidate | None = None  # the leader the listeners last heard of
+        self._announcing = threading.Lock()  # taken before _lock, never inside it
         self._keepalives = ThreadPoolExecutor(
             self._max_in_flight, thread_name_prefix="dtr-keepalive"
         )
@@ -202,10 +203,18 @@ class Elector:
         so it must be quick and thread-safe: the push of ``WatchLeader``
         hands the news to the event loop and returns.
         """
+        with self._announcing:  # no announcement can slip between the two lines
+            with self._lock:
+                self._leader_listeners.append(listener)
+                head = self._head
+            listener(head)
+
+    def in_touch(self) -> bool:
+        """Whether my lease was renewed within the renew deadline: what I know of
+        the election is current. A replica cut off from etcd must not vouch for
+        the leader it last saw (``_announce(None)`` in ``_check_deadline``)."""
         with self._lock:
-            self._leader_listeners.append(listener)
-            head = self._head
-        listener(head)
+            return time.monotonic() - self._renewed_at < self._deadline_s
 
     def candidates(self) -> list[Candidate]:
         with self._lock:
@@ -363,20 +372,25 @@ class Elector:
             self._set_term(Term(head.key, head.create_revision))
         else:
             self._set_term(None)
-        self._announce(head)
+        self._announce(head if self.in_touch() else None)
 
     def _announce(self, head: Candidate | None) -> None:
-        """Tell the leader listeners when the head of the prefix changed (outside the lock)."""
-        with self._lock:
-            if head == self._head:
-                return
-            self._head = head
-            listeners = list(self._leader_listeners)
-        for listener in listeners:
-            try:
-                listener(head)
-            except Exception:  # a listener's bug must not end the election
-                _log.exception("election: a leader listener failed")
+        """Tell the leader listeners when the head of the prefix changed (outside the lock).
+
+        Serialized by ``_announcing``, so listeners hear the changes in order
+        and one added meanwhile (``add_leader_listener``) misses none.
+        """
+        with self._announcing:
+            with self._lock:
+                if head == self._head:
+                    return
+                self._head = head
+                listeners = list(self._leader_listeners)
+            for listener in listeners:
+                try:
+                    listener(head)
+                except Exception:  # a listener's bug must not end the election
+                    _log.exception("election: a leader listener failed")
 
     def _candidate(self, kv: KeyValue) -> Candidate | None:
         """The candidate ``kv`` holds; None (logged once per key) if it holds none."""
@@ -407,3 +421,7 @@ class Elector:
             )
         if expired:
             self.step_down("could not renew the lease within the renew deadline")
+        if not self.in_touch():
+            # Cut off from etcd: what this replica saw may be over. Its held
+            # WatchLeader calls answer "no leader", so clients ask another.
+            self._announce(None)

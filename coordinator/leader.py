@@ -79,6 +79,7 @@ from .membership import (
     plan_register_dataset,
 )
 from .metrics import CoordinatorMetrics
+from .registrations import Registration, RegistrationBatcher
 from .rounds import (
     ROUND_HOLD_S,
     RoundGate,
@@ -159,6 +160,9 @@ class Coordinator:
         self._stale = False
         self.barriers = Barriers(keys)
         self.rounds = RoundGate()
+        self.registrations = RegistrationBatcher(
+            keys, self._write, self._seen_now, config.register_batch_max
+        )
         self._flusher: asyncio.Task[None] | None = None
         self.checkpoints = CheckpointBook()
         self._commits: collections.deque[PendingCommit] = collections.deque()
@@ -376,14 +380,11 @@ class Coordinator:
     async def register_worker(
         self, worker_id: str, capacity: float, *, host: str, pid: int
     ) -> tuple[MemberRecord, ClusterView]:
-        def seen_now(view: ClusterView) -> None:
-            self._liveness[worker_id] = Liveness(self._clock())
+        """A new live incarnation, group-committed with its neighbours (``registrations.py``)."""
+        return await self.registrations.register(Registration(worker_id, capacity, host, pid))
 
-        view = await self._write(
-            lambda v: plan_register(self.keys, v, worker_id, capacity, host=host, pid=pid),
-            on_applied=seen_now,
-        )
-        return view.members[worker_id], view
+    def _seen_now(self, worker_id: str) -> None:
+        self._liveness[worker_id] = Liveness(self._clock())
 
     async def register_round_member(
         self, join: RoundJoin

@@ -38,9 +38,22 @@ class MemberRecord:
         """JSON; the round fields only when set, so records of plain workers (and
         records written before rounds existed) encode to the bytes etcd holds,
         which every plan's compare depends on."""
-        data = asdict(self)
-        if not self.rdzv_id:
-            del data["rdzv_id"], data["rdzv_round"], data["rdzv_life"]
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:
+        # Once per record (records never change): every plan encodes each member it
+        # compares, and dataclasses.asdict was a fifth of planning a fleet's writes.
+        data: dict[str, object] = {
+            "worker_id": self.worker_id,
+            "capacity": self.capacity,
+            "alive": self.alive,
+            "incarnation": self.incarnation,
+            "host": self.host,
+            "pid": self.pid,
+        }
+        if self.rdzv_id:
+            data.update(rdzv_id=self.rdzv_id, rdzv_round=self.rdzv_round, rdzv_life=self.rdzv_life)
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
@@ -119,11 +132,16 @@ class ClusterView:
         datasets: Mapping[str, DatasetRecord] | None = None,
         revision: int | None = None,
     ) -> ClusterView:
-        """A copy with some parts replaced (what the view becomes after a write)."""
+        """A copy with some parts replaced (what the view becomes after a write).
+
+        Parts not replaced are shared, not copied: a view's mappings are
+        read-only proxies of dicts only the view holds, and copying a fleet's
+        members on every write (the revision after each) was O(members) a write.
+        """
         return ClusterView(
             generation=self.generation if generation is None else generation,
-            members=MappingProxyType(dict(self.members if members is None else members)),
-            datasets=MappingProxyType(dict(self.datasets if datasets is None else datasets)),
+            members=self.members if members is None else MappingProxyType(dict(members)),
+            datasets=self.datasets if datasets is None else MappingProxyType(dict(datasets)),
             revision=self.revision if revision is None else revision,
             job_life=self.job_life,
         )

@@ -50,8 +50,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import socket
 import threading
 import time
 import uuid
@@ -82,7 +80,8 @@ from dtr.security import (
     read_token_file,
 )
 
-from .leader_watch import LeaderWatch
+from .addresses import HOST_PORT, resolved_addresses
+from .leader_watch import WATCH_KEEPALIVE_OPTIONS, LeaderWatch
 from .metrics import WorkerMetrics
 from .rpc_errors import error_from_rpc
 
@@ -99,7 +98,6 @@ CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 AnswerListener = Callable[[str, str, pb.ResponseHeader, bool], None]
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):(?P<port>\d+)$")
 _FORGET_LEADER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 #: ``DTR_LEADER_WATCH=0`` turns the pushed leader news off (benchmarks/failover_seen.py).
 ENV_LEADER_WATCH = "DTR_LEADER_WATCH"
@@ -152,7 +150,7 @@ def parse_coordinators(value: str | Sequence[str]) -> tuple[str, ...]:
         if not isinstance(raw, str):
             raise InvalidArgument(f"coordinators: expected HOST:PORT strings; got {raw!r}")
         address = raw.strip()
-        match = _HOST_PORT.fullmatch(address)
+        match = HOST_PORT.fullmatch(address)
         if match is None or not 0 < int(match["port"]) < 65536:
             raise InvalidArgument(
                 f"coordinators: {address!r} is not HOST:PORT with a port in 1-65535 "
@@ -202,19 +200,6 @@ def hint_allowed(
     return bool(hinted) and any(hinted & resolve(address) for address in configured)
 
 
-def resolved_addresses(address: str) -> frozenset[str]:
-    """``HOST:PORT`` as the set of ``IP:PORT`` it resolves to (empty if it does not)."""
-    match = _HOST_PORT.fullmatch(address)
-    if match is None:
-        return frozenset()
-    host, port = match["host"].strip("[]"), int(match["port"])
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return frozenset()
-    return frozenset(f"{info[4][0]}:{port}" for info in infos)
-
-
 class CoordinatorClient:
     """Channels to the coordinators of one job and the leader-following ``call``."""
 
@@ -258,6 +243,8 @@ class CoordinatorClient:
         #: Counted news of the leader; retries wait on it (None: the push is off).
         self.news: LeaderSignal | None = LeaderSignal() if self.leader_watch else None
         self._watch: LeaderWatch | None = None
+        self._watch_channels: dict[str, grpc.Channel] = {}
+        self._watch_stubs: dict[str, pb_grpc.CoordinatorStub] = {}
         self._news_leader: str | None = None  # the leader the latest news named
         self._news_at = float("-inf")
         self._news_count = 0  # pieces of news that named a leader
@@ -294,6 +281,21 @@ class CoordinatorClient:
                 channel = self.security.channel(address, options=CHANNEL_OPTIONS)
                 self._channels[address] = channel
                 stub = self._stubs[address] = pb_grpc.CoordinatorStub(channel)
+            return stub
+
+    def watch_stub(self, address: str) -> pb_grpc.CoordinatorStub:
+        """The leader watch's stub for ``address``: a channel of its own, with keepalive
+        pings, never closed by news (``leader_watch.WATCH_KEEPALIVE_OPTIONS``)."""
+        with self._lock:
+            if self._closed:
+                raise InvalidArgument("the coordinator client is closed")
+            stub = self._watch_stubs.get(address)
+            if stub is None:
+                channel = self.security.channel(
+                    address, options=CHANNEL_OPTIONS + WATCH_KEEPALIVE_OPTIONS
+                )
+                self._watch_channels[address] = channel
+                stub = self._watch_stubs[address] = pb_grpc.CoordinatorStub(channel)
             return stub
 
     def followable(self, hint: str) -> bool:
@@ -552,6 +554,7 @@ class CoordinatorClient:
         if watch is not None:
             watch.stop()
         with self._lock:
-            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+            channels = [*self._channels.values(), *self._watch_channels.values()]
+            self._channels, self._stubs, self._watch_channels, self._watch_stubs = {}, {}, {}, {}
         for channel in channels:
             channel.close()

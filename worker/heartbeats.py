@@ -170,7 +170,10 @@ class HeartbeatLoop:
         """
         address = self._client.target()
         over = threading.Event()
-        call = self._client.stub(address).HeartbeatStream(self._beats(over))
+        try:
+            call = self._client.stub(address).HeartbeatStream(self._beats(over))
+        except ValueError:  # news of a leader closed that channel just now: dial afresh
+            return not self._stop.is_set()
         self._call = call
         answered = False
         try:

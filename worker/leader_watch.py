@@ -13,9 +13,11 @@ not the cached leader (a frozen leader answers nothing, and the news of its
 successor must come from elsewhere). A replica that fails the call is left
 for the next one at once; after a whole round of failures the watch pauses,
 doubling up to ``_MAX_PAUSE_S``. A replica that refuses the call for good
-(UNIMPLEMENTED: an older release; a wrong job; credentials) is skipped, and
-the watch ends, logged once, when every replica refused: calls then fall back
-to their backoff, as before.
+(UNIMPLEMENTED: an older release; a wrong job; credentials) is skipped for
+``_REFUSED_S``; while every replica refuses (logged once), calls fall back to
+their backoff, as before, and the watch asks again now and then (a rolling
+upgrade ends). The watch dials channels of its own with keepalive pings, so a
+frozen replica holding its call is left within about two seconds.
 
 The thread holds only a weak reference to its client between calls, so a
 client nobody closed does not live on for its watch's sake.
@@ -39,6 +41,8 @@ from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.retry import status_code
 
+from .addresses import resolved_addresses
+
 _log = logging.getLogger(__name__)
 
 
@@ -53,7 +57,10 @@ class NewsClient(Protocol):
     def term(self) -> int: ...
     @property
     def leader_address(self) -> str | None: ...
-    def stub(self, address: str) -> pb_grpc.CoordinatorStub: ...
+    def watch_stub(self, address: str) -> pb_grpc.CoordinatorStub:
+        """A stub on a channel of the watch's own, with keepalive pings (never closed by news)."""
+        ...
+
     def header(self, request_id: str) -> pb.RequestHeader: ...
     def note_news(self, replica: str, response: pb.WatchLeaderResponse) -> None: ...
 
@@ -67,7 +74,8 @@ _FIRST_PAUSE_S = 0.1
 #: How long a replica whose watch call failed is passed over while others answer.
 _DOWN_S = 10.0
 _MAX_PAUSE_S = 2.0
-#: Answers that no other attempt at the same replica can change.
+#: Answers that another attempt at the same replica soon would not change.
+#: INTERNAL and UNKNOWN are not among them: a proxy's reset stream reads so.
 _REFUSALS = frozenset(
     {
         grpc.StatusCode.UNIMPLEMENTED,
@@ -75,9 +83,24 @@ _REFUSALS = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,  # another job
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
     }
+)
+#: How long a refusing replica is left alone: a rolling upgrade replaces an
+#: older release (UNIMPLEMENTED) within minutes, and the watch comes back.
+_REFUSED_S = 60.0
+#: Keepalive pings on the watch's own channels: a replica frozen (SIGSTOP, a
+#: hung host) keeps its TCP connection, and without pings its held call would
+#: only be given up at its deadline (``WATCH_WAIT_S + WATCH_GRACE_S``). With
+#: them, within about two seconds. The coordinator permits such pings
+#: (``coordinator/main.py``); they go only to the one replica watched.
+WATCH_KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # grpc 1.85 times out an unanswered ping by this, not by keepalive_timeout_ms
+    # (default one minute): without it a frozen replica is never noticed.
+    ("grpc.http2.ping_timeout_ms", 1000),
 )
 
 
@@ -105,7 +128,8 @@ class LeaderWatch:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call: grpc.Future[pb.WatchLeaderResponse] | None = None
-        self._refused: set[str] = set()
+        self._refused: dict[str, float] = {}  # address -> time.monotonic() of its refusal
+        self._resolved: dict[str, frozenset[str]] = {}  # HOST:PORT -> IP:PORT, resolved once
         self._down: dict[str, float] = {}  # address -> time.monotonic() of its last failure
         self._index = first_replica(client.caller_id, len(self.addresses))
         #: The replica watched now (None between calls); for tests and logs.
@@ -136,14 +160,20 @@ class LeaderWatch:
     # -- the thread -------------------------------------------------------------------
     def _run(self) -> None:
         failures = 0
+        warned = False
         while not self._stop.is_set():
             address = self._choose()
             if address is None:
-                _log.warning(
-                    "leader watch: every coordinator refused WatchLeader; retries fall back "
-                    "to their backoff (an older coordinator release, or a token it refuses)"
-                )
-                return
+                if not warned:
+                    warned = True
+                    _log.warning(
+                        "leader watch: every coordinator refused WatchLeader; retries fall "
+                        "back to their backoff (an older coordinator release, or a token it "
+                        "refuses); asking again in %.0f s",
+                        _REFUSED_S,
+                    )
+                self._stop.wait(_REFUSED_S / 4)
+                continue
             outcome = self._watch_once(address)
             if outcome == "closed":
                 return
@@ -165,21 +195,35 @@ class LeaderWatch:
         ``_DOWN_S``, so the watch does not keep dialling a dead follower
         while a live leader could tell it the news.
         """
+        now = time.monotonic()
+        for address, since in list(self._refused.items()):
+            if now - since >= _REFUSED_S:
+                del self._refused[address]
         usable = [a for a in self.addresses if a not in self._refused]
         if not usable:
             return None
         client = self._client()
         leader = client.leader_address if client is not None else None
-        now = time.monotonic()
+        del client
         ranked = []
         for step in range(len(self.addresses)):
             address = self.addresses[(self._index + step) % len(self.addresses)]
             if address in usable:
                 down = now - self._down.get(address, -_DOWN_S) < _DOWN_S
-                ranked.append((down, address == leader and len(usable) > 1, step, address))
+                leads = leader is not None and len(usable) > 1 and self._same(address, leader)
+                ranked.append((down, leads, step, address))
         _, _, step, address = min(ranked)
         self._index += step
         return address
+
+    def _same(self, address: str, other: str) -> bool:
+        """Whether two addresses name one replica: equal, or resolving to a common IP:PORT."""
+        if address == other:
+            return True
+        for name in (address, other):
+            if name not in self._resolved:
+                self._resolved[name] = resolved_addresses(name)
+        return bool(self._resolved[address] & self._resolved[other])
 
     def _watch_once(self, address: str) -> str:
         """One call to ``address``: "answered", "moved" (failed or no leader) or "closed"."""
@@ -187,7 +231,7 @@ class LeaderWatch:
         if client is None:
             return "closed"
         try:
-            stub = client.stub(address)
+            stub = client.watch_stub(address)
         except InvalidArgument:  # the client was closed
             return "closed"
         request = pb.WatchLeaderRequest(
@@ -225,7 +269,7 @@ class LeaderWatch:
         if code != grpc.StatusCode.CANCELLED:  # CANCELLED: news closed the channel; not down
             self._down[address] = time.monotonic()
         if code in _REFUSALS:
-            self._refused.add(address)
+            self._refused[address] = time.monotonic()
             _log.info(
                 "leader watch: %s refused WatchLeader (%s); not watching it",
                 address,

@@ -180,6 +180,15 @@ COORDINATOR_OPTIONS = (
         "group commit; for comparisons)",
     ),
     EnvOption(
+        "--register-batch-max",
+        "DTR_REGISTER_BATCH_MAX",
+        100,
+        int,
+        "N",
+        "write at most N worker registrations per etcd transaction (1: one each, as before "
+        "batching; for comparisons)",
+    ),
+    EnvOption(
         "--rendezvous-idle-ttl-s",
         "DTR_RENDEZVOUS_IDLE_TTL_S",
         60,
@@ -304,6 +313,7 @@ FIELD_FLAGS = {
     "keep_checkpoints": "--keep-checkpoints",
     "keep_barriers": "--keep-barriers",
     "commit_batch_max": "--commit-batch-max",
+    "register_batch_max": "--register-batch-max",
     "rendezvous_idle_ttl_s": "--rendezvous-idle-ttl-s",
     "metrics_port": "--metrics-port",
     "log_format": "--log-format",
@@ -371,6 +381,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             keep_checkpoints=args.keep_checkpoints,
             keep_barriers=args.keep_barriers,
             commit_batch_max=args.commit_batch_max,
+            register_batch_max=args.register_batch_max,
             rendezvous_idle_ttl_s=args.rendezvous_idle_ttl_s,
             metrics_port=args.metrics_port,
             log_format=args.log_format,

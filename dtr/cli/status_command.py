@@ -261,7 +261,7 @@ class _LeaderNewsFeed:
         wake: threading.Event,
     ) -> None:
         from dtr.worker.client import CHANNEL_OPTIONS
-        from dtr.worker.leader_watch import LeaderWatch
+        from dtr.worker.leader_watch import WATCH_KEEPALIVE_OPTIONS, LeaderWatch
 
         self.addresses = tuple(addresses)
         self.caller_id = _CALLER_ID
@@ -269,7 +269,7 @@ class _LeaderNewsFeed:
         self.leader_address: str | None = None
         self._job = job
         self._security = security
-        self._options = CHANNEL_OPTIONS
+        self._options = CHANNEL_OPTIONS + WATCH_KEEPALIVE_OPTIONS
         self._wake = wake
         self._lock = threading.Lock()
         self._channels: dict[str, Any] = {}
@@ -279,7 +279,7 @@ class _LeaderNewsFeed:
         self._watch = LeaderWatch(self)
         self._watch.start()
 
-    def stub(self, address: str) -> Any:
+    def watch_stub(self, address: str) -> Any:
         from dtr.proto import coordinator_pb2_grpc
 
         with self._lock:
