@@ -89,6 +89,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/ring.py
 	$(PY) benchmarks/coordinator.py
 	$(PY) benchmarks/commit_burst.py
+	$(PY) benchmarks/register_burst.py
+	$(PY) benchmarks/failover_seen.py
+	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/ddp_faults.py
 	$(PY) benchmarks/worker.py
 	$(PY) benchmarks/checkpoint.py

@@ -430,10 +430,11 @@ class Coordinator:
         try:
             # One batch per transaction, each planned under the write lock on the view
             # as it is then; bounded: every applied batch leaves fewer changes.
-            for _ in range(len(self._view.members) + len(joins) + 2):
-                await self._write(planner, on_applied=seen_now)
-                if not planned[-1]:
-                    break
+            async with self.registrations.in_order(join.worker_id for join in joins):
+                for _ in range(len(self._view.members) + len(joins) + 2):
+                    await self._write(planner, on_applied=seen_now)
+                    if not planned[-1]:
+                        break
             written = True
         finally:
             self.rounds.written(joins[0], written)
@@ -457,7 +458,8 @@ class Coordinator:
         def seen_now(view: ClusterView) -> None:
             self._liveness[join.worker_id] = Liveness(self._clock())
 
-        await self._write(planner, on_applied=seen_now)
+        async with self.registrations.in_order([join.worker_id]):
+            await self._write(planner, on_applied=seen_now)
 
     async def heartbeat(
         self,
@@ -493,7 +495,8 @@ class Coordinator:
             planned.append(plan is not None)
             return plan
 
-        await self._write(planner)
+        async with self.registrations.in_order([worker_id]):
+            await self._write(planner)
         self._liveness.pop(worker_id, None)
         return planned[-1]
 

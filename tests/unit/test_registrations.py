@@ -67,3 +67,15 @@ def test_a_plan_larger_than_one_transaction_is_refused() -> None:
     batch = [Registration(f"w{i}", 1.0, "h", 1) for i in range(MAX_MEMBER_CHANGES_PER_TXN + 1)]
     with pytest.raises(ValueError, match="batches"):
         plan_registrations(KEYS, ClusterView(), batch)
+
+
+def test_a_registration_arriving_after_another_write_of_its_id_waits_behind_it() -> None:
+    queue = queue_of(["a", "b", "a", "c"])
+    for seq, pending in enumerate(queue, start=1):
+        pending.seq = seq * 10  # arrivals 10, 20, 30, 40
+    # An in_order write of "a" arrived at 25: the first "a" (10) goes, the second (30) waits;
+    # one of "c" arrived at 45, after c's registration (40): that registration goes.
+    assert ids_of(take_batch(queue, 10, {"a": 25, "c": 45})) == ["a", "b", "c"]
+    assert ids_of(queue) == ["a"]
+    assert take_batch(queue, 10, {"a": 25}) == []
+    assert ids_of(take_batch(queue, 10, {})) == ["a"]
