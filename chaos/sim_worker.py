@@ -48,8 +48,8 @@ from dtr.errors import (
 from dtr.proto import coordinator_pb2 as pb
 from dtr.retry import RetryPolicy
 from dtr.storage import Storage
+from dtr.worker.arguments import BARRIER_POLL_S
 from dtr.worker.checkpoint_rpc import latest_of
-from dtr.worker.worker import BARRIER_POLL_S
 
 from .history import History
 from .sim_checkpoint import commit_record, part_to_load, verify_part, write_part

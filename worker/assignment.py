@@ -14,6 +14,7 @@ No gRPC or torch here: the sampler and its tests use this type alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from dtr.errors import InvalidArgument
 
@@ -44,6 +45,20 @@ class ShardAssignment:
                 f"this worker holds {len(self.shard_ids)} shards, outside the members' range "
                 f"[{self.min_member_shards}, {self.max_member_shards}]"
             )
+
+    @classmethod
+    def of_response(cls, dataset: str, epoch: int, response: Any) -> ShardAssignment:
+        """The assignment a ``GetShardsResponse`` carries (the threaded and asyncio workers)."""
+        return cls(
+            dataset=dataset,
+            epoch=epoch,
+            shard_ids=tuple(response.shard_ids),
+            generation=response.generation,
+            num_shards=response.num_shards,
+            num_members=response.num_members,
+            max_member_shards=response.max_member_shards,
+            min_member_shards=response.min_member_shards,
+        )
 
     def as_stale(self, epoch: int) -> ShardAssignment:
         """This assignment served again for ``epoch`` while partitioned.

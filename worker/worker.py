@@ -21,19 +21,15 @@ etcd access or coordinator import (the worker reaches state over gRPC only).
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from dtr.errors import (
-    BarrierMissed,
-    BarrierTimeout,
     CheckpointError,
     CoordinatorUnavailable,
     DtrError,
@@ -49,7 +45,29 @@ from dtr.proto import coordinator_pb2 as pb
 from dtr.retry import RetryPolicy
 from dtr.security import TlsFiles
 
+from .arguments import (
+    BARRIER_GRACE_S,
+    BARRIER_POLL_S,
+    DEREGISTER_REASON,
+    REARRIVE_PAUSE_S,
+    BarrierOnChange,
+    dataset_request,
+    default_worker_id,
+    epoch_arg,
+    positive,
+    progress_args,
+)
 from .assignment import ShardAssignment
+from .barrier_rules import (
+    barrier_arguments,
+    membership_changed,
+    registered_again,
+    rejoined,
+    released_generation,
+    superseded,
+    timed_out,
+    unavailable,
+)
 from .checkpoint_rpc import LatestCheckpoint, fetch_latest, send_commit
 from .client import AnswerListener, CoordinatorClient, resolve_security
 from .commit_flusher import CommitAck
@@ -65,67 +83,8 @@ from .rendezvous_round import (
 
 _log = logging.getLogger(__name__)
 
-#: A barrier call is one long poll of at most this long (the server holds
-#: polls for at most 10 s and answers WAITING); the worker then polls again.
-BARRIER_POLL_S = 10.0
-#: How much longer than a poll the worker waits for its answer, so a slow
-#: answer arrives as the server's verdict (TIMEOUT) rather than as a deadline.
-_BARRIER_GRACE_S = 2.0
 _CLOSE_DEADLINE_S = 5.0
-#: ``barrier(on_change=...)``: arrive again under the new generation, or raise.
-BarrierOnChange = Literal["rearrive", "raise"]
-_ON_CHANGE: tuple[BarrierOnChange, ...] = ("rearrive", "raise")
-#: A membership-changed answer that taught no newer generation (yet) is
-#: followed by a pause before arriving again, doubling from the first bound
-#: to the second, so such an answer never becomes a hot loop.
-_REARRIVE_PAUSE_S = (0.05, 1.0)
 _CLIENT_VERSION = "dtr-worker/0.1"
-_DEREGISTER_REASON = {
-    None: pb.DEREGISTER_REASON_SHUTDOWN,
-    "preempted": pb.DEREGISTER_REASON_PREEMPTED,
-    "error": pb.DEREGISTER_REASON_ERROR,
-}
-
-
-def default_worker_id() -> str:
-    """``$DTR_WORKER_ID``, else ``<host>-rank<RANK>`` (stable across restarts), else host-pid."""
-    explicit = os.environ.get("DTR_WORKER_ID")
-    if explicit:
-        return explicit
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64] or "worker"
-    rank = os.environ.get("RANK")
-    return f"{host}-rank{rank}" if rank and rank.isdigit() else f"{host}-{os.getpid()}"
-
-
-#: The coordinator's ranges (coordinator/validation.py, which the worker may
-#: not import): checked here so a value out of range is refused naming its
-#: field before protobuf raises a bare ValueError on a uint32/uint64 field.
-_MAX_NUM_SHARDS = 10_000_000
-_MAX_VNODES = 10_000
-_MIN_LOAD_FACTOR, _MAX_LOAD_FACTOR = 1.0, 100.0
-_EPOCH_LIMIT = 2**63
-
-
-def _positive(name: str, value: object, at_most: float = math.inf) -> float:
-    """A finite number in (0, ``at_most``], as float; ``InvalidArgument`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArgument(f"{name} must be a number; got {value!r}")
-    if not (math.isfinite(value) and 0 < value <= at_most):
-        bound = "" if at_most == math.inf else f" and <= {at_most:g}"
-        raise InvalidArgument(f"{name} must be finite and > 0{bound}; got {value!r}")
-    return float(value)
-
-
-def _whole(name: str, value: object, low: int, high: int) -> int:
-    """An int in [low, high] (bools refused): what a protobuf integer field will hold."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
-    return value
-
-
-def _epoch(epoch: object) -> int:
-    """An epoch the coordinator accepts: it must fit a signed 64-bit integer."""
-    return _whole("epoch", epoch, 0, _EPOCH_LIMIT - 1)
 
 
 class Worker:
@@ -165,9 +124,9 @@ class Worker:
         if not coordinators:
             raise InvalidArgument("coordinators: give HOST:PORT[,...] or set DTR_COORDINATORS")
         self.worker_id = validate_name("worker_id", worker_id or default_worker_id())
-        self.capacity = _positive("capacity", capacity)
-        self.heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
-        self.stale_read_deadline_s = _positive("stale_read_deadline_s", stale_read_deadline_s)
+        self.capacity = positive("capacity", capacity)
+        self.heartbeat_interval_s = positive("heartbeat_interval_s", heartbeat_interval_s)
+        self.stale_read_deadline_s = positive("stale_read_deadline_s", stale_read_deadline_s)
         self.labels = dict(labels or {})
         #: The torchrun round this rank joins as one (rendezvous_round.py), or None.
         self.round_seat = round_from_env()
@@ -243,7 +202,7 @@ class Worker:
 
     @attempt_timeout_s.setter
     def attempt_timeout_s(self, value: float) -> None:
-        self._client.attempt_timeout_s = _positive("attempt_timeout_s", value)
+        self._client.attempt_timeout_s = positive("attempt_timeout_s", value)
 
     @property
     def generation(self) -> int:
@@ -362,11 +321,8 @@ class Worker:
 
     def report_progress(self, step: int, samples_per_s: float | None = None) -> None:
         """Tell the coordinator (on the next beat) the step and throughput; never blocks."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise InvalidArgument(f"step must be an integer >= 0; got {step!r}")
+        progress_args(step, samples_per_s)
         if samples_per_s is not None:
-            if not (math.isfinite(samples_per_s) and samples_per_s >= 0):
-                raise InvalidArgument(f"samples_per_s must be finite and >= 0; got {samples_per_s}")
             self._samples_per_s = float(samples_per_s)
         self._step = step
 
@@ -402,25 +358,10 @@ class Worker:
         The same parameters again are fine; different ones raise
         ``AlreadyExists`` (a dataset's shards mean one thing for a job's life).
         """
-        validate_name("dataset", name)
-        _whole("num_shards", num_shards, 1, _MAX_NUM_SHARDS)
-        if vnodes is not None:
-            _whole("vnodes", vnodes, 1, _MAX_VNODES)
-        if load_factor is not None and not (
-            _positive("load_factor", load_factor, _MAX_LOAD_FACTOR) >= _MIN_LOAD_FACTOR
-        ):  # _positive refuses what is not a number; the floor is the coordinator's
-            raise InvalidArgument(
-                f"load_factor must be in [{_MIN_LOAD_FACTOR:g}, {_MAX_LOAD_FACTOR:g}]; "
-                f"got {load_factor!r}"
-            )
+        build = dataset_request(name, num_shards, vnodes=vnodes, load_factor=load_factor)
         self._check_usable()
         response = self._client.call(
-            "RegisterDataset",
-            lambda: pb.RegisterDatasetRequest(
-                name=name, num_shards=num_shards, vnodes=vnodes, load_factor=load_factor
-            ),
-            operation=f"register dataset {name!r}",
-            mutating=True,
+            "RegisterDataset", build, operation=f"register dataset {name!r}", mutating=True
         )
         return bool(response.created)
 
@@ -435,7 +376,7 @@ class Worker:
         ``stale_read_deadline_s`` to answer before that one is served again.
         """
         validate_name("dataset", dataset)
-        _epoch(epoch)
+        epoch_arg(epoch)
         cached = self._latest.get(dataset)
         policy = self._client.policy
         if cached is not None:
@@ -459,16 +400,7 @@ class Worker:
                 cached.generation,
             )
             return cached.as_stale(epoch)
-        fresh = ShardAssignment(
-            dataset=dataset,
-            epoch=epoch,
-            shard_ids=tuple(response.shard_ids),
-            generation=response.generation,
-            num_shards=response.num_shards,
-            num_members=response.num_members,
-            max_member_shards=response.max_member_shards,
-            min_member_shards=response.min_member_shards,
-        )
+        fresh = ShardAssignment.of_response(dataset, epoch, response)
         self._latest[dataset] = fresh
         return fresh
 
@@ -504,13 +436,7 @@ class Worker:
         ``BarrierTimeout`` when live members are missing at the timeout and
         ``CoordinatorUnavailable`` when no coordinator answered before it.
         """
-        validate_name("barrier name", name)
-        if generation is not None:
-            generation = _whole("generation", generation, 1, 2**64 - 1)
-        timeout_s = _positive("timeout_s", timeout_s)
-        if on_change not in _ON_CHANGE:
-            raise InvalidArgument(f"on_change must be one of {_ON_CHANGE}; got {on_change!r}")
-        rearrive = on_change == "rearrive" and generation is None
+        generation, timeout_s, rearrive = barrier_arguments(name, timeout_s, generation, on_change)
         with self.metrics.barrier_wait():
             return self._await_barrier(name, timeout_s, generation, rearrive)
 
@@ -520,7 +446,7 @@ class Worker:
         """Long polls until a verdict; arrives again after a membership change if ``rearrive``."""
         deadline = time.monotonic() + timeout_s
         last: pb.BarrierResponse | None = None
-        pause_s = _REARRIVE_PAUSE_S[0]
+        pause_s = REARRIVE_PAUSE_S[0]
         while (remaining := deadline - time.monotonic()) > 0:
             believed = self.generation if generation is None else generation
             try:
@@ -532,33 +458,19 @@ class Worker:
                     raise
                 self._log_rearrival(name, believed)
                 continue
-            if last.status == pb.BARRIER_STATUS_RELEASED:
-                return int(last.barrier_generation)
-            if last.status == pb.BARRIER_STATUS_MISSED:
-                raise BarrierMissed(
-                    f"barrier {name!r} was released without this worker (incarnation "
-                    f"{self._incarnation}): resume from the latest complete checkpoint "
-                    "(CheckpointManager.load_latest) if it is ahead of this worker's step, "
-                    "else go on to the next step; docs/concepts.md shows the loop"
-                )
+            released = released_generation(last, name, self.worker_id, self._incarnation)
+            if released is not None:
+                return released
             if last.status == pb.BARRIER_STATUS_MEMBERSHIP_CHANGED:
                 if not rearrive:
-                    raise MembershipChanged(
-                        f"barrier {name!r}: membership changed before release (now generation "
-                        f"{self.generation}); refresh shards and call the barrier again"
-                    )
+                    raise membership_changed(name, self.generation)
                 self._log_rearrival(name, believed)
                 if self.generation > believed:
-                    pause_s = _REARRIVE_PAUSE_S[0]
+                    pause_s = REARRIVE_PAUSE_S[0]
                 else:  # no newer generation learned yet: do not spin on the coordinator
                     time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
-                    pause_s = min(2 * pause_s, _REARRIVE_PAUSE_S[1])
-        missing = ", ".join(last.missing_worker_ids) if last else "unknown"
-        arrived = f"{last.arrived}/{last.expected}" if last else "?"
-        raise BarrierTimeout(
-            f"barrier {name!r}: not released within {timeout_s:g} s ({arrived} arrived; "
-            f"missing: {missing})"
-        )
+                    pause_s = min(2 * pause_s, REARRIVE_PAUSE_S[1])
+        raise timed_out(name, timeout_s, last)
 
     def _log_rearrival(self, name: str, believed: int) -> None:
         """Arriving again is routine (someone joined or left), so INFO, with both generations."""
@@ -593,31 +505,19 @@ class Worker:
                 ),
                 operation=f"barrier {name!r}",
                 mutating=True,
-                policy=self._client.policy.with_deadline(remaining_s + _BARRIER_GRACE_S),
-                attempt_timeout_s=poll_s + _BARRIER_GRACE_S,
+                policy=self._client.policy.with_deadline(remaining_s + BARRIER_GRACE_S),
+                attempt_timeout_s=poll_s + BARRIER_GRACE_S,
             )
         except CoordinatorUnavailable as err:
-            raise CoordinatorUnavailable(
-                f"barrier {name!r}: no coordinator answered within its timeout of "
-                f"{timeout_s:g} s ({err})"
-            ) from err
+            raise unavailable(name, timeout_s, err) from err
         except UnknownWorker as err:
             self.rejoin(seen)
-            raise MembershipChanged(
-                f"barrier {name!r}: this worker had been removed from the job and rejoined "
-                f"(generation {self.generation}); refresh shards and call the barrier again"
-            ) from err
+            raise rejoined(name, self.worker_id, self.generation) from err
         except StaleIncarnation as err:
-            if seen != self._incarnation:  # this process registered again meanwhile
-                raise MembershipChanged(
-                    f"barrier {name!r}: this worker registered again during the call "
-                    f"(incarnation {self._incarnation}); call the barrier again"
-                ) from err
+            if seen != self._incarnation:  # this worker registered again during the call
+                raise registered_again(name, self.worker_id, self._incarnation) from err
             self._superseded = True  # another process took the id: a twin
-            raise WorkerSuperseded(
-                f"worker {self.worker_id}: a newer incarnation of this id registered "
-                f"(barrier {name!r}); stop this process"
-            ) from err
+            raise superseded(name, self.worker_id) from err
         return response
 
     # -- checkpoints --------------------------------------------------------------
@@ -663,7 +563,7 @@ class Worker:
                     lambda: pb.DeregisterRequest(
                         worker_id=self.worker_id,
                         incarnation=self._incarnation,
-                        reason=_DEREGISTER_REASON.get(reason, pb.DEREGISTER_REASON_SHUTDOWN),
+                        reason=DEREGISTER_REASON.get(reason, pb.DEREGISTER_REASON_SHUTDOWN),
                         detail=detail[:500],
                     ),
                     operation="deregister",
