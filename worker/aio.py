@@ -67,6 +67,7 @@ from .arguments import (
     BARRIER_GRACE_S,
     BARRIER_POLL_S,
     DEREGISTER_REASON,
+    MAX_CAPACITY,
     REARRIVE_PAUSE_S,
     BarrierOnChange,
     dataset_request,
@@ -74,6 +75,7 @@ from .arguments import (
     epoch_arg,
     positive,
     progress_args,
+    whole,
 )
 from .assignment import ShardAssignment
 from .barrier_rules import (
@@ -121,7 +123,7 @@ class AsyncWorker:
         self.client = client
         self.job = client.job
         self.worker_id = validate_name("worker_id", worker_id or default_worker_id())
-        self.capacity = positive("capacity", capacity)
+        self.capacity = positive("capacity", capacity, MAX_CAPACITY)
         self.heartbeat_interval_s = positive("heartbeat_interval_s", heartbeat_interval_s)
         self.stale_read_deadline_s = positive("stale_read_deadline_s", stale_read_deadline_s)
         self.heartbeat_timeout_s = 0.0
@@ -132,6 +134,12 @@ class AsyncWorker:
         self._closed = False
         self._started = False
         self._rejoining: asyncio.Lock | None = None  # created on the worker's loop
+        #: Registrations of this object so far: a call remembers the count it began
+        #: under, so it can tell "this worker registered again meanwhile" from "another
+        #: process took the id" even when the coordinator numbers incarnations afresh
+        #: (after the record was removed, the next registration is incarnation 1 again).
+        self._registrations = 0
+        self._stop: asyncio.Event | None = None
         self._beats: asyncio.Task[None] | None = None
         self._latest: dict[str, ShardAssignment] = {}
         self._step, self._samples_per_s = 0, 0.0
@@ -158,9 +166,14 @@ class AsyncWorker:
         leader accepted the registration within the client's retry deadline."""
         if self._started:
             raise InvalidArgument(f"worker {self.worker_id} was started already")
-        self._started = True
-        self._rejoining = asyncio.Lock()
+        if self._closed:
+            raise InvalidArgument(f"worker {self.worker_id} is closed")
+        self._rejoining = self._rejoining or asyncio.Lock()
+        self._stop = self._stop or asyncio.Event()
+        # Started only once registered: a start() that failed or was cancelled leaves a
+        # worker that refuses every call (it has no incarnation to send) and may start again.
         await self._register()
+        self._started = True
         self._beats = asyncio.create_task(
             self._beat_forever(), name=f"dtr-beats-{self.worker_id}"[:60]
         )
@@ -203,6 +216,7 @@ class AsyncWorker:
             mutating=True,
         )
         self._incarnation = response.incarnation
+        self._registrations += 1
         self.job_life = response.job_life
         self.heartbeat_timeout_s = response.heartbeat_timeout_s
         _log.info(
@@ -212,11 +226,12 @@ class AsyncWorker:
             response.header.generation,
         )
 
-    async def rejoin(self, seen_incarnation: int = 0) -> None:
-        """Register again as a new incarnation, unless one newer than ``seen`` exists."""
+    async def rejoin(self, seen: int) -> None:
+        """Register again as a new incarnation, unless this worker did since ``seen``
+        (its registration count when the caller's call began)."""
         assert self._rejoining is not None, "start() first"
         async with self._rejoining:
-            if seen_incarnation and seen_incarnation != self._incarnation:
+            if seen != self._registrations:
                 return  # another task of this worker rejoined already
             self._check_usable()
             _log.warning(
@@ -225,6 +240,13 @@ class AsyncWorker:
                 self._incarnation,
             )
             await self._register()
+
+    async def _registered_since(self, seen: int) -> bool:
+        """Whether this worker registered again since ``seen``, once any rejoin in flight
+        is done: a STALE_INCARNATION answer racing our own rejoin is not a twin."""
+        assert self._rejoining is not None, "start() first"
+        async with self._rejoining:
+            return seen != self._registrations
 
     def report_progress(self, step: int, samples_per_s: float | None = None) -> None:
         """Tell the coordinator (on the next beat) the step and throughput; never blocks."""
@@ -242,11 +264,13 @@ class AsyncWorker:
             raise InvalidArgument(f"worker {self.worker_id} is closed")
         if not self._started:
             raise InvalidArgument(f"worker {self.worker_id}: call start() (or async with) first")
+        if self.client.closed:
+            raise InvalidArgument(f"worker {self.worker_id}: its coordinator client is closed")
 
     async def _member_call(self, method: str, build: Callable[[], Any], **kwargs: Any) -> Any:
         """A call about this worker; re-registers once if the leader does not know it."""
         self._check_usable()
-        seen = self._incarnation
+        seen = self._registrations
         try:
             return await self._call(method, build, **kwargs)
         except UnknownWorker:
@@ -255,21 +279,27 @@ class AsyncWorker:
 
     # -- heartbeats -----------------------------------------------------------------
     async def _beat_forever(self) -> None:
-        """One unary beat per interval until closed or superseded; failures are logged once."""
+        """One unary beat per interval until closed or superseded; failures are logged once.
+
+        Stopping is by ``_stop`` (``close``), never by cancelling: a rejoin in
+        flight must finish, so that ``close`` deregisters the incarnation the
+        leader wrote, not the one before it.
+        """
+        assert self._stop is not None
         sequence, outage_logged = 0, False
         policy = self.client.policy.with_deadline(max(3 * self.heartbeat_interval_s, 2.0))
-        while not self._closed and not self._superseded:
+        while not self._stop.is_set() and not self._superseded and not self.client.closed:
             sequence += 1
-            incarnation = self._incarnation
-            beat = pb.WorkerBeat(
-                worker_id=self.worker_id,
-                incarnation=incarnation,
-                sequence=sequence,
-                step=self._step,
-                samples_per_s=self._samples_per_s,
-            )
+            seen = self._registrations
             pause_s = self.heartbeat_interval_s
             try:
+                beat = pb.WorkerBeat(
+                    worker_id=self.worker_id,
+                    incarnation=self._incarnation,
+                    sequence=sequence,
+                    step=self._step,
+                    samples_per_s=self._samples_per_s,
+                )
                 response = await self._call(
                     "Heartbeat",
                     functools.partial(pb.HeartbeatRequest, beat=beat),
@@ -277,25 +307,26 @@ class AsyncWorker:
                     mutating=True,
                     policy=policy,
                 )
+                outage_logged = False
+                self.acks += 1
+                self.last_ack_at = time.monotonic()
+                await self._on_status(response.status, seen)
+                pause_s = response.next_interval_s or pause_s
             except DtrError as err:
                 if not outage_logged:
                     _log.warning("worker %s: heartbeats failing: %s", self.worker_id, err)
                     outage_logged = True
-            else:
-                outage_logged = False
-                self.acks += 1
-                self.last_ack_at = time.monotonic()
-                await self._on_status(response.status, incarnation)
-                pause_s = response.next_interval_s or pause_s
-            if not self._closed and not self._superseded:
-                await asyncio.sleep(pause_s)
+            except Exception:  # a bug must not silently end the beats (the leader would
+                _log.exception("worker %s: heartbeat failed", self.worker_id)  # declare it dead)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause_s)
 
-    async def _on_status(self, status: pb.WorkerStatus, incarnation: int) -> None:
+    async def _on_status(self, status: pb.WorkerStatus, seen: int) -> None:
         """A beat's verdict: rejoin when unknown or dead; stop when another process took the id."""
         if status == pb.WORKER_STATUS_OK:
             return
         if status == pb.WORKER_STATUS_STALE_INCARNATION:
-            if incarnation == self._incarnation:  # not a beat from before our own rejoin
+            if not await self._registered_since(seen):  # not a beat from before our rejoin
                 _log.error(
                     "worker %s: a newer incarnation of this id registered; this worker stops",
                     self.worker_id,
@@ -303,7 +334,7 @@ class AsyncWorker:
                 self._superseded = True
             return
         try:
-            await self.rejoin(incarnation)
+            await self.rejoin(seen)
         except DtrError as err:
             _log.warning("worker %s: rejoining failed, will retry: %s", self.worker_id, err)
 
@@ -407,7 +438,7 @@ class AsyncWorker:
         self, name: str, generation: int | None, remaining_s: float, timeout_s: float
     ) -> pb.BarrierResponse:
         """One arrival (a long poll), bound to this incarnation; rejoins if the leader forgot us."""
-        seen = self._incarnation
+        seen = self._registrations
         self._check_usable()
         poll_s = min(remaining_s, BARRIER_POLL_S)
         try:
@@ -431,7 +462,7 @@ class AsyncWorker:
             await self.rejoin(seen)
             raise rejoined(name, self.worker_id, self.generation) from err
         except StaleIncarnation as err:
-            if seen != self._incarnation:  # this worker registered again during the call
+            if await self._registered_since(seen):  # this worker registered again meanwhile
                 raise registered_again(name, self.worker_id, self._incarnation) from err
             self._superseded = True  # another process took the id: a twin
             raise superseded(name, self.worker_id) from err
@@ -442,6 +473,10 @@ class AsyncWorker:
         self, record: CommitRecord, deadline_s: float | None = None
     ) -> CommitAck:
         """Record a durable part with the leader; ``deadline_s`` shortens the retry budget."""
+        if not isinstance(record, CommitRecord):
+            raise InvalidArgument(f"record must be a CommitRecord; got {type(record).__name__}")
+        if deadline_s is not None:
+            positive("deadline_s", deadline_s)
         if self._closed:
             raise CheckpointError(
                 f"worker {self.worker_id} is closed; the commit of step {record.step} was not sent"
@@ -459,6 +494,8 @@ class AsyncWorker:
 
     async def latest_checkpoint(self, before_step: int | None = None) -> LatestCheckpoint | None:
         """The job's latest complete step (strictly below ``before_step``), or None."""
+        if before_step is not None:
+            whole("before_step", before_step, 0, 2**64 - 1)
         self._check_usable()
         response = await self._call(
             "GetLatestCheckpoint",
@@ -480,12 +517,20 @@ class AsyncWorker:
         if self._closed:
             return
         self._closed = True
+        if self._stop is not None:
+            self._stop.set()
         beats, self._beats = self._beats, None
-        if beats is not None:
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
-        if not (deregister and self._started and not self._superseded):
+        if beats is not None:  # a beat or rejoin in flight finishes first (bounded)
+            try:
+                await asyncio.wait_for(asyncio.shield(beats), _CLOSE_DEADLINE_S)
+            except TimeoutError:
+                beats.cancel()
+            except Exception:
+                pass
+        if self._rejoining is not None:
+            async with self._rejoining:  # a rejoin of a call in flight: its incarnation
+                pass
+        if not (deregister and self._started and not self._superseded) or self.client.closed:
             return
         try:
             await self._call(

@@ -23,6 +23,7 @@ a call names its caller and may pass an ``on_answer`` hook.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import uuid
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from dtr.errors import InvalidArgument
 from dtr.proto import coordinator_pb2 as pb
 from dtr.proto import coordinator_pb2_grpc as pb_grpc
 from dtr.retry import RetryPolicy, retry_async
@@ -90,9 +92,16 @@ class AsyncCoordinatorClient:
         self.attempt_timeout_s = attempt_timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.CoordinatorAsyncStub] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def stub(self, address: str) -> pb_grpc.CoordinatorAsyncStub:
         """The stub for ``address``, dialling it on first use (hinted addresses too)."""
+        if self._closed:
+            raise InvalidArgument("the coordinator client is closed")
         stub = self._stubs.get(address)
         if stub is None:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -115,8 +124,13 @@ class AsyncCoordinatorClient:
         """Send ``build()`` (a request without header) until it succeeds or fails for good.
 
         The same contract as ``CoordinatorClient.call``: ``dtr.errors`` types
-        only, ``CoordinatorUnavailable`` once the policy's deadline ran out.
+        only, ``CoordinatorUnavailable`` once the policy's deadline ran out,
+        ``InvalidArgument`` once the client is closed (calls in flight then
+        included: closing cancels them, and a cancellation nobody asked of the
+        caller's task must not reach it as one).
         """
+        if self._closed:
+            raise InvalidArgument(f"{operation}: the coordinator client is closed")
         policy = policy or self.policy
         call = _Call(
             method=method,
@@ -134,7 +148,14 @@ class AsyncCoordinatorClient:
                 functools.partial(self._attempt, call), operation=operation, policy=policy
             )
         except grpc.RpcError as err:
+            if self.closed:  # the property: mypy narrowed the attribute above
+                raise InvalidArgument(f"{operation}: the coordinator client was closed") from err
             raise error_from_rpc(err, operation) from err
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.closed and task is not None and not task.cancelling():
+                raise InvalidArgument(f"{operation}: the coordinator client was closed") from None
+            raise
 
     async def _attempt(self, call: _Call) -> Any:
         """One attempt at the best guess of the leader; learns from the answer or the error."""
@@ -154,7 +175,8 @@ class AsyncCoordinatorClient:
         return response
 
     async def close(self) -> None:
-        """Close every channel (calls in flight are cancelled)."""
+        """Close every channel; calls in flight and later raise ``InvalidArgument``."""
+        self._closed = True
         channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
         for channel in channels:
             await channel.close()

@@ -39,6 +39,8 @@ DEREGISTER_REASON = {
     "error": pb.DEREGISTER_REASON_ERROR,
 }
 
+#: A worker's capacity weight, at most (the coordinator refuses more).
+MAX_CAPACITY = 1e6
 _MAX_NUM_SHARDS = 10_000_000
 _MAX_VNODES = 10_000
 _MIN_LOAD_FACTOR, _MAX_LOAD_FACTOR = 1.0, 100.0
@@ -77,11 +79,17 @@ def epoch_arg(epoch: object) -> int:
     return whole("epoch", epoch, 0, _EPOCH_LIMIT - 1)
 
 
-def progress_args(step: object, samples_per_s: float | None) -> None:
-    """``report_progress``'s arguments: a step >= 0, a finite throughput >= 0 (or None)."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise InvalidArgument(f"step must be an integer >= 0; got {step!r}")
-    if samples_per_s is not None and not (math.isfinite(samples_per_s) and samples_per_s >= 0):
+def progress_args(step: object, samples_per_s: object) -> None:
+    """``report_progress``'s arguments: a step a beat can carry (uint64), a finite
+    throughput >= 0 (or None). Checked when reported: a value the wire cannot carry
+    would otherwise fail the next beat, far from the call that caused it."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**64:
+        raise InvalidArgument(f"step must be an integer in [0, 2**64); got {step!r}")
+    if samples_per_s is None:
+        return
+    if isinstance(samples_per_s, bool) or not isinstance(samples_per_s, int | float):
+        raise InvalidArgument(f"samples_per_s must be a number; got {samples_per_s!r}")
+    if not (math.isfinite(samples_per_s) and samples_per_s >= 0):
         raise InvalidArgument(f"samples_per_s must be finite and >= 0; got {samples_per_s}")
 
 

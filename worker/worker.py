@@ -288,7 +288,9 @@ class Worker:
         id (a chaos run caught a worker stopping itself after a partition).
         """
         if status == pb.WORKER_STATUS_STALE_INCARNATION:
-            if incarnation != self._incarnation:
+            with self._lock:  # a rejoin in flight (another thread's) finishes first
+                current = self._incarnation
+            if incarnation != current:
                 return True  # our own beat from before we re-registered (or not known)
             _log.error(
                 "worker %s: a newer incarnation of this id registered; this process must stop",
@@ -514,7 +516,9 @@ class Worker:
             self.rejoin(seen)
             raise rejoined(name, self.worker_id, self.generation) from err
         except StaleIncarnation as err:
-            if seen != self._incarnation:  # this worker registered again during the call
+            with self._lock:  # a rejoin in flight (another thread's) finishes first
+                current = self._incarnation
+            if seen != current:  # this worker registered again during the call
                 raise registered_again(name, self.worker_id, self._incarnation) from err
             self._superseded = True  # another process took the id: a twin
             raise superseded(name, self.worker_id) from err
