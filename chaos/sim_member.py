@@ -197,7 +197,9 @@ class SimMember:
         if status == pb.WORKER_STATUS_OK:
             return
         if status == pb.WORKER_STATUS_STALE_INCARNATION:
-            if incarnation == self.incarnation:  # not merely a beat older than our rejoin
+            async with self._rejoining:  # our own rejoin in flight finishes first: its
+                current = self.incarnation  # answer is what makes this beat an old one
+            if incarnation == current:  # not merely a beat older than our rejoin
                 _log.error("%s: a newer incarnation registered; stopping", self.worker_id)
                 self.superseded = True
             return
